@@ -1,0 +1,146 @@
+"""What every tuner shares: wrapping one backbone stack, freezing, reporting
+trainable parameters, and saving/loading only the tuner's own weights.
+
+A tuner is an ``nn.Module`` that owns one :class:`BackboneStack` and decides
+the route a forward pass takes through it. Tuners are registered in
+:data:`sherl_mm.registry.TUNERS` and built from small configs::
+
+    tuner = TUNERS.build(dict(type='LoRA', rank=8), default_args=dict(stack=stack))
+    out = tuner(input_ids, attention_mask)       # StackOutput
+
+Models that contain several stacks (an image backbone, a text encoder, a
+transformer encoder and decoder ...) use :func:`build_tuned_stacks` to apply
+one ``tuner=`` config to the stacks it names and freeze the rest.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+from typing import Any, ClassVar, Mapping
+
+import torch
+from mmengine.model import BaseModule
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from sherl_mm.backbones.base import BackboneStack, StackOutput
+from sherl_mm.registry import BACKBONES, TUNERS
+
+
+class BaseTuner(BaseModule):
+    """Holds ``stack`` frozen and runs its plain route.
+
+    Subclasses add trainable modules and/or override :meth:`forward`.
+
+    Args:
+        stack: the backbone stack, or a config to build one from BACKBONES.
+    """
+
+    #: True for tuners that train the pre-trained weights themselves; a model
+    #: then also trains its glue modules (input projections, query embeddings).
+    trains_backbone: ClassVar[bool] = False
+
+    def __init__(self, stack: BackboneStack | dict, init_cfg: dict | None = None) -> None:
+        super().__init__(init_cfg=init_cfg)
+        self.stack = BACKBONES.build(stack) if isinstance(stack, dict) else stack
+        if not isinstance(self.stack, BackboneStack):
+            raise TypeError(f'{type(self).__name__}: stack must be a BackboneStack or a BACKBONES config, '
+                            f'got {type(self.stack).__name__}')
+        if not self.trains_backbone:
+            self.stack.requires_grad_(False)
+
+    def forward(self, *inputs: Any, late_context: dict | None = None, return_intermediates: bool = False,
+                **kwargs: Any) -> StackOutput:
+        """Run the stack; ``late_context`` only matters to tuners with a late route."""
+        return self.stack(*inputs, return_intermediates=return_intermediates, **kwargs)
+
+
+def trainable_parameters(module: nn.Module) -> dict[str, nn.Parameter]:
+    return {name: p for name, p in module.named_parameters() if p.requires_grad}
+
+
+def parameter_report(module: nn.Module) -> str:
+    """PEFT's one-line summary: ``trainable params: X || all params: Y || trainable%: Z``."""
+    total = sum(p.numel() for p in module.parameters())
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    share = 100.0 * trainable / total if total else 0.0
+    return f'trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {share:.4f}'
+
+
+def print_trainable_parameters(module: nn.Module) -> None:
+    print(parameter_report(module))
+
+
+def save_trainable(module: nn.Module, path: str, config: Mapping | None = None) -> None:
+    """Save only the trainable parameters of ``module`` (plus its config as
+    metadata) to a safetensors file; the write is atomic (temp file + rename)."""
+    tensors = {name: p.detach().contiguous().cpu() for name, p in trainable_parameters(module).items()}
+    metadata = {'sherl_mm_config': json.dumps(dict(config or {}), default=str)}
+    tmp = f'{path}.tmp'
+    save_file(tensors, tmp, metadata=metadata)
+    os.replace(tmp, path)
+
+
+def load_trainable(module: nn.Module, path: str) -> None:
+    """Load weights saved by :func:`save_trainable` into a freshly built ``module``.
+
+    Raises a ``KeyError`` naming ``path`` and the keys at fault when the file
+    does not match the module's trainable parameters.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'tuner weights file not found: {path}')
+    tensors = load_file(path)
+    expected = trainable_parameters(module)
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise KeyError(f'{path} does not match this model: missing keys {missing[:5]}'
+                       f'{"..." if len(missing) > 5 else ""}, unexpected keys {unexpected[:5]}'
+                       f'{"..." if len(unexpected) > 5 else ""}')
+    with torch.no_grad():
+        for name, param in expected.items():
+            if param.shape != tensors[name].shape:
+                raise ValueError(f'{path}: key {name!r} has shape {tuple(tensors[name].shape)}, '
+                                 f'the model expects {tuple(param.shape)}')
+            param.copy_(tensors[name])
+
+
+def build_tuned_stacks(stacks: Mapping[str, BackboneStack], tuner: dict | None,
+                       default_targets: tuple[str, ...]) -> nn.ModuleDict:
+    """Apply a model-level ``tuner=`` config to a model's stacks.
+
+    ``tuner`` is a TUNERS config; its optional ``targets`` key names the
+    stacks it applies to (default ``default_targets``) and ``per_stack`` maps
+    a stack name to options that override the shared ones for that stack.
+    Stacks not targeted are wrapped in the frozen :class:`BaseTuner`, except
+    under a tuner that trains the backbone, which then trains every stack.
+
+    Example::
+
+        tuner=dict(type='SHERL', mtsa=dict(reduction=2),
+                   per_stack=dict(encoder=dict(select_layers=[0, 1, 3, 5], num_late_layers=0),
+                                  decoder=dict(select_layers=[0, 2, 3, 4], num_late_layers=1)))
+    """
+    cfg = copy.deepcopy(dict(tuner or dict(type='LinearProbe')))
+    targets = tuple(cfg.pop('targets', default_targets))
+    per_stack = cfg.pop('per_stack', {}) or {}
+    for name in list(targets) + list(per_stack):
+        if name not in stacks:
+            raise KeyError(f'tuner: stack {name!r} does not exist in this model; its stacks are {sorted(stacks)}')
+    tuner_cls = TUNERS.get(cfg['type'])
+    if tuner_cls is None:
+        raise KeyError(f"tuner: type {cfg['type']!r} is not registered in TUNERS; "
+                       f'registered tuners: {sorted(TUNERS.module_dict)}')
+    wrapped = nn.ModuleDict()
+    for name, stack in stacks.items():
+        if name in targets or tuner_cls.trains_backbone:
+            stack_cfg = {**cfg, **per_stack.get(name, {})}
+            wrapped[name] = TUNERS.build(stack_cfg, default_args=dict(stack=stack))
+        else:
+            wrapped[name] = BaseTuner(stack)
+    return wrapped
+
+
+__all__ = ['BaseTuner', 'build_tuned_stacks', 'load_trainable', 'parameter_report',
+           'print_trainable_parameters', 'save_trainable', 'trainable_parameters']
