@@ -12,23 +12,27 @@ cd "$(dirname "$0")/.."
 PY="$VENV/bin/python"
 PIP="$PY -m pip"
 
-# setuptools<70 keeps pkg_resources, which mmcv's build needs.
-$PIP install -q "setuptools<70" wheel
-$PIP install -q torch==2.14.1 torchvision==0.29.1
+$PIP install -q wheel torch==2.14.1 torchvision==0.29.1
 
 if ! $PY -c "import mmcv, mmcv.ops" 2>/dev/null; then
   # A cached wheel (PIP_FIND_LINKS) is used when there is one ...
-  if ! $PIP install -q --no-index mmcv==2.1.0 2>/dev/null; then
+  if ! $PIP install -q --no-index --no-deps mmcv==2.1.0 2>/dev/null; then
     # ... otherwise build from the sdist. torch 2.14's headers need C++20 but
     # mmcv 2.1.0's setup.py asks for C++17.
     echo "sherl_mm install: building mmcv 2.1.0 with ops from source (about 15 minutes on 2 cores)"
     src=$(mktemp -d)
-    $PIP download -q --no-deps --no-binary :all: mmcv==2.1.0 -d "$src"
+    # setuptools<70 keeps pkg_resources, which mmcv's setup.py imports; pinned
+    # here because installing torch may have upgraded it.
+    $PIP install -q "setuptools<70"
+    $PIP download -q --no-deps --no-build-isolation --no-binary :all: mmcv==2.1.0 -d "$src"
     tar -xzf "$src"/mmcv-2.1.0.tar.gz -C "$src"
-    sed -i 's/-std=c++17/-std=c++20/g' "$src"/mmcv-2.1.0/setup.py
+    sed -i -E 's/-std=c\+\+1[47]/-std=c++20/g' "$src"/mmcv-2.1.0/setup.py
     MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-2} $PIP install --no-build-isolation "$src"/mmcv-2.1.0
     rm -rf "$src"
+    # torch itself declares setuptools>=77.
+    $PIP install -q "setuptools>=77.0.3"
   fi
+  $PIP install -q mmcv==2.1.0  # its runtime dependencies
 fi
 
 $PIP install -q -e ".[tests]"
