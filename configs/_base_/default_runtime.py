@@ -1,0 +1,29 @@
+# Runtime defaults of sherl_mm (as mmdet's configs/_base_/default_runtime.py).
+default_scope = 'sherl_mm'
+
+default_hooks = dict(
+    timer=dict(type='IterTimerHook'),
+    logger=dict(type='LoggerHook', interval=50),
+    param_scheduler=dict(type='ParamSchedulerHook'),
+    # mmengine's CheckpointHook + atomic writes (temp file + os.replace),
+    # outdated checkpoints removed only after the new one is safe, and the
+    # RNG state saved/restored so that --resume reproduces an uninterrupted run
+    checkpoint=dict(type='AtomicCheckpointHook', interval=1),
+    sampler_seed=dict(type='DistSamplerSeedHook'),
+)
+
+env_cfg = dict(
+    cudnn_benchmark=False,
+    mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
+    # tools/train.py switches to gloo (and a device_ids=None DDP wrapper)
+    # when CUDA is not available
+    dist_cfg=dict(backend='nccl'),
+)
+
+vis_backends = [dict(type='LocalVisBackend')]
+visualizer = dict(type='Visualizer', vis_backends=vis_backends)
+log_processor = dict(type='LogProcessor', window_size=50, by_epoch=True)
+
+log_level = 'INFO'
+load_from = None
+resume = False

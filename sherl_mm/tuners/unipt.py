@@ -1,0 +1,207 @@
+"""UniPT (Diao et al., CVPR 2024), the generic module of METHOD.md section 3.1.
+
+The whole backbone runs frozen under ``torch.no_grad()``; the UniPT module
+reads the selected hidden states and its output *replaces* the stack's output
+(no backbone layer runs afterwards)::
+
+    T_j = LN_d(Linear_{D_j→d}(h_j))                     unshared, j = 0..N-1
+    A = T_{N-1} (anchor: the last layer), a = masked_mean_K(A)
+    W_j = l1norm_row(ReLU((A T_jᵀ) ⊙ M_cols)) + I      parallel, j < N-1
+    Mg_j = W_j T_j ;  c_j = gate(a ⊙ masked_mean_K(T_j)) ;  π = softmax_j(c)
+    out = Up(A + Proj(Σ_j π_j Mg_j)),  Proj = LN_d∘Linear_{d→d},  Up = Linear_{d→D_out}∘ReLU
+
+Masks: the token mask ``M`` comes from the stack's context, key
+``mask_key`` (default ``'key_padding_mask'``, a ``(B, K)`` bool tensor with
+True at padding, as every sherl_mm token stack provides); without it every
+token counts. Padded columns get attention weight 0 and padded tokens are left
+out of the means.
+
+Feature-map stacks: every map is average-pooled to the last map's size and
+flattened row-major, the module runs token-wise as above (no mask) and the
+output is rolled back to ``(B, D_out, H, W)``. This is a simplification, not
+the authors' CNN UniPT (their unfold/fold spatial re-weighting is not
+implemented).
+
+The MDETR form of section 3.2 (decoder side cross-attending to the encoder
+side memory, per-layer ``side_projection_crosser``, four head outputs) is not
+implemented.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sherl_mm.backbones.base import BackboneStack, StackOutput
+from sherl_mm.registry import MODELS, TUNERS
+
+from ._common import FrozenStackTuner
+from .mtsa import l1norm
+from .sherl import INPUT, _stack_widths, resolve_selection
+
+
+def masked_mean(x: Tensor, valid: Tensor | None) -> Tensor:
+    """Mean of ``x (B, K, d)`` over the tokens where ``valid (B, K)`` is True."""
+    if valid is None:
+        return x.mean(dim=1)
+    w = valid.to(x.dtype).unsqueeze(-1)
+    return (x * w).sum(dim=1) / w.sum(dim=1)
+
+
+def linear_attention(query: Tensor, context: Tensor, valid: Tensor | None = None, eps: float = 1e-8,
+                     residual: bool = True) -> tuple[Tensor, Tensor]:
+    """UniPT's cross attention: ``W = l1norm_row(ReLU((Q Cᵀ) ⊙ M_cols)) (+ I)``,
+    returns ``(W C, W)``. The ``+ I`` residual needs as many queries as context tokens."""
+    weights = torch.matmul(query, context.transpose(1, 2))
+    if valid is not None:
+        weights = weights * valid.to(weights.dtype).unsqueeze(1)
+    weights = l1norm(F.relu(weights), dim=-1, eps=eps)
+    if residual:
+        weights = weights + torch.eye(weights.shape[-1], dtype=weights.dtype, device=weights.device)
+    return torch.matmul(weights, context), weights
+
+
+@MODELS.register_module()
+class UniPTModule(nn.Module):
+    """UniPT's parallel interaction + confidence aggregation (METHOD.md 3.1).
+
+    Args:
+        in_channels: widths ``D_j`` of the ``N`` hidden states (anchor last).
+        side_width: ``d``.
+        out_channels: ``D_out`` of the up-projection.
+        eps: ε of the row ℓ1-norm (VSE: 1e-8, MDETR: 1e-7).
+        norm_eps: eps of the LayerNorms.
+    """
+
+    def __init__(self, in_channels: Sequence[int], side_width: int, out_channels: int, eps: float = 1e-8,
+                 norm_eps: float = 1e-5) -> None:
+        super().__init__()
+        if len(in_channels) < 2:
+            raise ValueError(f'UniPT needs at least 2 hidden states (one earlier layer and the anchor), '
+                             f'got {len(in_channels)}')
+        d = int(side_width)
+        self.in_channels, self.side_width, self.out_channels, self.eps = list(in_channels), d, out_channels, eps
+        self.downsample_layers = nn.ModuleList(nn.Sequential(nn.Linear(w, d), nn.LayerNorm(d, eps=norm_eps))
+                                               for w in in_channels)
+        self.projection_layer = nn.Sequential(nn.Linear(d, d), nn.LayerNorm(d, eps=norm_eps))
+        self.upsample_layer = nn.Sequential(nn.ReLU(), nn.Linear(d, out_channels))
+        self.gate_layer = nn.Linear(d, 1)
+
+    def fuse(self, feats: Sequence[Tensor], valid: Tensor | None = None) -> Tensor:
+        """``A + Proj(Mg)`` at width ``d`` (before the up-projection)."""
+        if len(feats) != len(self.downsample_layers):
+            raise ValueError(f'UniPT expects {len(self.downsample_layers)} hidden states, got {len(feats)}')
+        anchor = self.downsample_layers[-1](feats[-1])
+        a = masked_mean(anchor, valid)
+        merged, confidence = [], []
+        for down, h in zip(self.downsample_layers[:-1], feats[:-1]):
+            target = down(h)
+            merged.append(linear_attention(anchor, target, valid, self.eps)[0])
+            confidence.append(self.gate_layer(a * masked_mean(target, valid)))
+        pi = torch.softmax(torch.cat(confidence, dim=1), dim=1)                 # (B, N-1)
+        mg = (torch.stack(merged, dim=1) * pi[:, :, None, None]).sum(dim=1)
+        return anchor + self.projection_layer(mg)
+
+    def forward(self, feats: Sequence[Tensor], valid: Tensor | None = None) -> Tensor:
+        return self.upsample_layer(self.fuse(feats, valid))
+
+
+@TUNERS.register_module()
+class UniPT(FrozenStackTuner):
+    """UniPT on one backbone stack; its output replaces the stack's output.
+
+    Args:
+        stack: the backbone stack or its BACKBONES config.
+        side_width: ``d``; or ``reduction``: ``d = D_last // reduction`` (default 2).
+        out_channels: ``D_out`` (default: the last layer's width ``D``).
+        select_layers: layer indices (and/or ``'input'``) whose outputs are
+            the earlier hidden states; default: the input and every layer
+            (VSE∞ BERT). The last layer is always the anchor.
+        use_input: include the input stage's output (default: True when
+            ``select_layers`` is None, else whether it lists ``'input'``).
+        eps: ε of the row ℓ1-norm (default 1e-8, VSE∞).
+        mask_key: context key of the ``(B, K)`` padding mask (True = pad).
+        finalize_output: apply ``stack.finalize`` to the UniPT output (default
+            False: the up-projected output is the stack's output, as in VSE∞).
+        norm_eps: eps of the side LayerNorms.
+        norm_eval: keep the stack's BatchNorm statistics frozen in training.
+
+    Returns ``StackOutput(hidden=Up(A + Proj(Mg)), frozen=<last layer output>,
+    side=A + Proj(Mg) (width d), intermediates=<frozen layer outputs>)``.
+    """
+
+    def __init__(self, stack: BackboneStack | dict, side_width: int | None = None, reduction: float | None = None,
+                 out_channels: int | None = None, select_layers: Sequence[int | str] | None = None,
+                 use_input: bool | None = None, eps: float = 1e-8, mask_key: str = 'key_padding_mask',
+                 finalize_output: bool = False, norm_eps: float = 1e-5, norm_eval: bool = True,
+                 init_cfg: dict | None = None) -> None:
+        super().__init__(stack, norm_eval=norm_eval, init_cfg=init_cfg)
+        stack = self.stack
+        n = stack.num_layers
+        self.tuner_cfg = dict(type='UniPT', side_width=side_width, reduction=reduction, out_channels=out_channels,
+                              select_layers=copy.deepcopy(select_layers), use_input=use_input, eps=eps,
+                              mask_key=mask_key, finalize_output=finalize_output)
+        if n < 1:
+            raise ValueError(f'UniPT: {type(stack).__name__} has no layers')
+        if side_width is not None and reduction is not None:
+            raise ValueError(f'UniPT: give side_width or reduction, not both ({side_width}, {reduction})')
+        input_width, widths = _stack_widths(stack, 'UniPT')
+        self.use_input, selected = resolve_selection(stack, select_layers, use_input, n - 1, 'UniPT')
+        self.selection: list[int | str] = ([INPUT] if self.use_input else []) + [i for i in selected if i < n - 1]
+        self.selection.append(n - 1)
+        if len(self.selection) < 2:
+            raise ValueError(f"UniPT: select at least one earlier layer or 'input' besides the anchor "
+                             f'(the last layer); select_layers={select_layers}, use_input={use_input}')
+        in_channels = [input_width if k == INPUT else widths[k] for k in self.selection]
+        d = int(side_width) if side_width is not None else max(1, int(widths[-1] // (reduction or 2)))
+        self.mask_key, self.finalize_output = mask_key, finalize_output
+        self.unipt = UniPTModule(in_channels, d, out_channels or widths[-1], eps=eps, norm_eps=norm_eps)
+        self.needed = set(self.selection)
+
+    def _valid(self, context: dict, tokens: int) -> Tensor | None:
+        mask = context.get(self.mask_key) if self.mask_key else None
+        if mask is None or self.stack.layout == 'feature_map':
+            return None
+        if mask.dim() != 2 or mask.shape[-1] != tokens:
+            raise ValueError(f'UniPT: context[{self.mask_key!r}] must be a (B, {tokens}) padding mask (True = pad), '
+                             f'got shape {tuple(mask.shape)}')
+        return ~mask.bool()
+
+    def forward(self, *inputs: Any, late_context: dict | None = None, return_intermediates: bool = False,
+                **kwargs: Any) -> StackOutput:
+        stack = self.stack
+        saved: dict[int | str, Tensor] = {}
+        intermediates = []
+        with torch.no_grad():
+            hidden, context = stack.embed(*inputs, **kwargs)
+            if INPUT in self.needed:
+                saved[INPUT] = hidden
+            for i in range(stack.num_layers):
+                hidden = stack.run_layer(i, hidden, context)
+                if i in self.needed:
+                    saved[i] = hidden
+                if return_intermediates:
+                    intermediates.append(hidden)
+        feats = [saved[k] for k in self.selection]
+        if stack.layout == 'feature_map':
+            height, width = hidden.shape[-2:]
+            feats = [(f if tuple(f.shape[-2:]) == (height, width) else F.adaptive_avg_pool2d(f, (height, width)))
+                     .flatten(2).transpose(1, 2) for f in feats]
+            valid = None
+        else:
+            valid = self._valid(context, hidden.shape[1])
+        side = self.unipt.fuse(feats, valid)
+        out = self.unipt.upsample_layer(side)
+        if stack.layout == 'feature_map':
+            out = out.transpose(1, 2).reshape(out.shape[0], -1, height, width)
+            side = side.transpose(1, 2).reshape(side.shape[0], -1, height, width)
+        if self.finalize_output:
+            out = stack.finalize(out, context)
+        return StackOutput(hidden=out, frozen=hidden, side=side,
+                           intermediates=intermediates if return_intermediates else None)
+
+
+__all__ = ['UniPT', 'UniPTModule', 'linear_attention', 'masked_mean']

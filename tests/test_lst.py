@@ -1,0 +1,168 @@
+"""LST (METHOD.md section 4): T12 gate, route, side layers per stack type,
+side memory, drop_layers, gradient audit, options, save/load."""
+import copy
+import os
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _toy_stacks import (ToyCNNStack, ToyDecoderStack, ToyTokenStack, decoder_batch, image_batch,  # noqa: E402
+                         token_batch)
+
+from sherl_mm.registry import TUNERS  # noqa: E402
+from sherl_mm.tuners import LST, load_trainable, lst_gate, save_trainable  # noqa: E402
+
+
+def make(kind, seed=0, **kw):
+    torch.manual_seed(seed)
+    if kind == 'tokens':
+        return ToyTokenStack(**kw), token_batch()
+    if kind == 'decoder':
+        return ToyDecoderStack(**kw), decoder_batch()
+    return ToyCNNStack(**kw), (image_batch(),)
+
+
+# ---------------------------------------------------------------------------- T12
+def test_t12_gate():
+    assert lst_gate(torch.zeros(1), 0.1).item() == 0.5
+    assert lst_gate(torch.tensor([10.0]), 0.1).item() == pytest.approx(1.0)
+    stack, (ids, pad) = make('tokens')
+    tuner = LST(stack, side_width=4, dropout=0.0).eval()
+    assert all(tuner.gate(i).item() == 0.5 for i in tuner.kept)
+    # alpha -> +inf keeps the side state: the backbone no longer reaches the side network
+    with torch.no_grad():
+        for p in tuner.side_gates.values():
+            p.fill_(100.0)
+    out = tuner(ids, pad).hidden
+    with torch.no_grad():
+        for lin in tuner.side_downsamples.values():
+            lin.weight.add_(1.0)
+    assert torch.allclose(tuner(ids, pad).hidden, out, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------- route
+def test_route_matches_manual_computation():
+    stack, (ids, pad) = make('tokens')
+    tuner = LST(stack, side_width=4, drop_layers=[1], dropout=0.0, alpha_init=0.05).eval()
+    assert tuner.kept == [0, 2, 3] and tuner.side_layer == 'encoder'
+    h, ctx = stack.embed(ids, pad)
+    side = tuner.side_first_downsample(h)
+    for i in range(4):
+        h = stack.run_layer(i, h, ctx)
+        if i == 1:
+            continue
+        g = torch.sigmoid(tuner.side_gates[str(i)] / 0.1)
+        side = g * side + (1 - g) * tuner.side_downsamples[str(i)](h)
+        side = tuner.side_layers[str(i)](side, src_key_padding_mask=pad)
+    out = tuner(ids, pad)
+    assert torch.allclose(out.hidden, tuner.side_final_upsample(tuner.side_final_norm(side)), atol=1e-6)
+    assert torch.allclose(out.side, side, atol=1e-6) and torch.equal(out.frozen, h)
+
+
+@pytest.mark.parametrize('kind, side_layer', [('tokens', 'encoder'), ('decoder', 'decoder'), ('cnn', 'conv')])
+@pytest.mark.parametrize('cfg', [dict(), dict(drop_layers=[0, 2]), dict(reduction=4, num_heads=1),
+                                 dict(out_channels=10, bias=False), dict(final_norm=False)])
+def test_forward_backward_every_stack(kind, side_layer, cfg):
+    if kind == 'cnn' and 'num_heads' in cfg:
+        cfg = dict(reduction=4)
+    stack, batch = make(kind)
+    tuner = TUNERS.build(dict(type='LST', **cfg), default_args=dict(stack=stack)).train()
+    assert tuner.side_layer == side_layer
+    out = tuner(*batch, return_intermediates=True)
+    assert out.side.shape[1 if kind == 'cnn' else -1] == tuner.side_width
+    assert len(out.intermediates) == stack.num_layers
+    out.hidden.square().mean().backward()
+    for name, p in tuner.named_parameters():
+        if not p.requires_grad:
+            assert p.grad is None, name
+        elif name.startswith(('side_layers', 'side_downsamples', 'side_gates', 'side_first', 'side_final')):
+            assert p.grad is not None, name
+
+
+def test_decoder_side_memory():
+    stack, (qpos, memory, mask) = make('decoder')
+    tuner = LST(stack, side_width=4, dropout=0.0).eval()
+    base = tuner(qpos, memory, mask).hidden                  # memory_down(frozen context memory)
+    via_late = tuner(qpos, memory, mask, late_context=dict(memory=memory)).hidden
+    assert torch.allclose(base, via_late, atol=1e-6)
+    other = tuner(qpos, memory, mask, late_context=dict(memory=torch.randn_like(memory))).hidden
+    assert not torch.allclose(base, other, atol=1e-4)
+    side_mem = tuner.memory_down(memory)
+    direct = tuner(qpos, memory, mask, late_context=dict(side_memory=side_mem)).hidden
+    assert torch.allclose(base, direct, atol=1e-6)
+    # padded memory positions are masked out
+    mem2 = memory.clone()
+    mem2[mask] += 5.0
+    assert torch.allclose(tuner(qpos, mem2, mask, late_context=dict(memory=mem2)).hidden, base, atol=1e-5)
+    with pytest.raises(ValueError, match='side_memory must have width'):
+        tuner(qpos, memory, mask, late_context=dict(side_memory=memory))
+
+
+def test_backbone_runs_without_graph():
+    stack, (ids, pad) = make('tokens', num_layers=3)
+    saved = []
+    tuner = LST(stack, side_width=4).train()
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = tuner(ids, pad)
+    n3 = len(saved)
+    assert out.frozen.grad_fn is None
+    out.hidden.sum().backward()
+    assert all(p.grad is None for p in tuner.stack.parameters())
+    # every saved tensor belongs to the side network: dropping all ladders but one leaves far fewer
+    saved.clear()
+    stack6, _ = make('tokens', num_layers=6)
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        LST(stack6, side_width=4, drop_layers=[0, 1, 2]).train()(ids, pad)
+    assert len(saved) == n3     # 3 kept side layers either way; the 3 extra frozen layers save nothing
+
+
+def test_mdetr_template_param_count():
+    from sherl_mm.backbones.detr import DetrDecoderStack, DetrEncoderStack
+    enc = LST(DetrEncoderStack(), reduction=8, feedforward_channels=256)
+    dec = LST(DetrDecoderStack(), reduction=8, feedforward_channels=256)
+    assert enc.side_layer == 'encoder' and dec.side_layer == 'decoder'
+    n_enc = sum(p.numel() for p in enc.parameters() if p.requires_grad)
+    n_dec = sum(p.numel() for p in dec.parameters() if p.requires_grad)
+    assert (n_enc, n_dec) == (192_230, 226_182)      # ~0.42M, METHOD.md 4.3 "about 0.40M"
+
+
+@pytest.mark.parametrize('kind, cfg, err, match', [
+    ('tokens', dict(drop_layers=[0, 1, 2, 3]), ValueError, 'drops every layer'),
+    ('tokens', dict(drop_layers=[4]), IndexError, 'drop_layers'),
+    ('tokens', dict(side_layer='conv'), ValueError, 'does not fit'),
+    ('cnn', dict(side_layer='encoder'), ValueError, 'does not fit'),
+    ('tokens', dict(side_layer='mlp'), ValueError, 'side_layer must be'),
+    ('tokens', dict(side_width=6, num_heads=4), ValueError, 'divisible'),
+])
+def test_bad_options(kind, cfg, err, match):
+    stack, _ = make(kind)
+    with pytest.raises(err, match=match):
+        LST(stack, **cfg)
+
+
+def test_decoder_without_memory():
+    stack, batch = make('tokens')
+    tuner = LST(stack, side_layer='decoder', side_width=4)
+    with pytest.raises(ValueError, match='needs a memory'):
+        tuner(*batch)
+
+
+@pytest.mark.parametrize('kind', ['tokens', 'decoder', 'cnn'])
+def test_save_load_round_trip(tmp_path, kind):
+    stack, batch = make(kind)
+    tuner = LST(copy.deepcopy(stack), reduction=4)
+    with torch.no_grad():
+        for p in tuner.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.1)
+    tuner.eval()
+    ref = tuner(*batch).hidden
+    path = str(tmp_path / 'lst.safetensors')
+    save_trainable(tuner, path, tuner.tuner_cfg)
+    fresh = LST(copy.deepcopy(stack), reduction=4)
+    load_trainable(fresh, path)
+    assert torch.equal(fresh.eval()(*batch).hidden, ref)
+    assert isinstance(fresh.side_layers['0'], (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer, nn.Module))
