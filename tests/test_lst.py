@@ -58,13 +58,14 @@ def test_route_matches_manual_computation():
         side = g * side + (1 - g) * tuner.side_downsamples[str(i)](h)
         side = tuner.side_layers[str(i)](side, src_key_padding_mask=pad)
     out = tuner(ids, pad)
-    assert torch.allclose(out.hidden, tuner.side_final_upsample(tuner.side_final_norm(side)), atol=1e-6)
+    up = tuner.side_final_upsample(tuner.side_final_norm(side))
+    assert torch.allclose(out.hidden, stack.finalize(up, ctx), atol=1e-6)
     assert torch.allclose(out.side, side, atol=1e-6) and torch.equal(out.frozen, h)
 
 
 @pytest.mark.parametrize('kind, side_layer', [('tokens', 'encoder'), ('decoder', 'decoder'), ('cnn', 'conv')])
 @pytest.mark.parametrize('cfg', [dict(), dict(drop_layers=[0, 2]), dict(reduction=4, num_heads=1),
-                                 dict(out_channels=10, bias=False), dict(final_norm=False)])
+                                 dict(out_channels=10, bias=False, finalize_output=False), dict(final_norm=False)])
 def test_forward_backward_every_stack(kind, side_layer, cfg):
     if kind == 'cnn' and 'num_heads' in cfg:
         cfg = dict(reduction=4)

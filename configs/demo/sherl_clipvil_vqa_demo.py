@@ -23,14 +23,14 @@ model = dict(
     tuner=dict(type='SHERL', num_late_layers=1, select_layers=None, mtsa=dict(variant='clipvil', reduction=2)),
 )
 
-optim_wrapper = dict(type='OptimWrapper', optimizer=dict(type='AdamW', lr=2e-3, weight_decay=0.01))
+optim_wrapper = dict(type='OptimWrapper', optimizer=dict(type='AdamW', lr=1e-3, weight_decay=0.01))
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=40),
-    dict(type='MultiStepLR', by_epoch=True, milestones=[4], gamma=0.2),
+    dict(type='MultiStepLR', by_epoch=True, milestones=[5], gamma=0.2),
 ]
-train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=5, val_interval=5)
+train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=6, val_interval=6)
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
-default_hooks = dict(logger=dict(interval=20), checkpoint=dict(interval=5, max_keep_ckpts=1))
+default_hooks = dict(logger=dict(interval=20), checkpoint=dict(interval=6, max_keep_ckpts=1))
 custom_hooks = [dict(type='ParameterTableHook')]
 randomness = dict(seed=0)

@@ -54,6 +54,10 @@ class BackboneStack(BaseModule):
 
     layout: Literal['tokens', 'feature_map'] = 'tokens'
     layers: nn.ModuleList
+    #: How per-token context entries follow when a route prepends tokens
+    #: (prompt tuning): key -> 'zeros' | 'ones' | 'keep' ('keep' for entries
+    #: the stack rebuilds itself for the new length).
+    prompt_context_policies: dict[str, str] = {}
 
     @property
     def num_layers(self) -> int:

@@ -218,6 +218,8 @@ class _T5StackBase(_TokenizerMixin, PretrainedStack):
     """Shared by the T5 encoder and decoder stacks (``self.t5`` is a T5Stack)."""
 
     _side = 'encoder'
+    # The relative position bias is rebuilt when the token count changes.
+    prompt_context_policies = {'position_bias': 'keep'}
 
     def _build(self, pretrained, config, model, tokenizer, attn_implementation) -> None:
         owner = type(self).__name__

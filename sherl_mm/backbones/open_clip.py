@@ -140,6 +140,9 @@ class OpenCLIPTextStack(_OpenCLIPStack):
     causal mask already keeps those positions out of the pooled token.
     """
 
+    # The token ids locate the EOT token after prompts are stripped again.
+    prompt_context_policies = {'text': 'keep'}
+
     def __init__(self, model_name: str | None = None, pretrained: str | os.PathLike | None = None,
                  model_cfg: dict | None = None, model: nn.Module | None = None, output: str = 'embedding',
                  create_kwargs: dict | None = None, init_cfg: dict | None = None) -> None:

@@ -160,3 +160,13 @@ class FrozenStackTuner(BaseTuner):
 
 __all__ = ['FrozenStackTuner', 'InjectedModule', 'Targets', 'describe_modules', 'injected_module_ids',
            'layer_roots', 'match_modules', 'remove_hooks', 'set_norm_eval']
+
+
+def check_output_width(tuner: str, out_channels: int | None, width: int, finalize_output: bool) -> int:
+    """The side output's width: ``out_channels`` or the last layer's ``width``.
+    The stack's output stage expects ``width``, so another width is refused
+    unless the output stage is skipped."""
+    if out_channels is not None and out_channels != width and finalize_output:
+        raise ValueError(f"{tuner}: out_channels={out_channels} differs from the stack's last layer width {width}, "
+                         f'which its output stage expects; set finalize_output=False to return the side output')
+    return out_channels or width

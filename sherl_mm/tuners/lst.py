@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from sherl_mm.backbones.base import BackboneStack, StackOutput
 from sherl_mm.registry import TUNERS
 
-from ._common import FrozenStackTuner
+from ._common import FrozenStackTuner, check_output_width
 from .sherl import _stack_widths
 
 SIDE_LAYERS = ('auto', 'encoder', 'decoder', 'conv')
@@ -87,6 +87,9 @@ class LST(FrozenStackTuner):
         temperature, alpha_init: the ladder gates ``σ(α/T)``.
         final_norm: ``LN_d`` before the up-projection (token stacks).
         out_channels: ``D_out`` of the up-projection (default: last layer width).
+        finalize_output: apply the stack's output stage to the up-projected
+            side output (default True, so the tuned stack returns what the
+            plain one does, e.g. CLIP's projected embedding).
         bias: biases of the down/ladder/up projections (CLIP-ViL's LST: False).
         memory_width: width of the memory that ``memory_down`` projects
             (decoder side layers; default: the stack's input width).
@@ -100,16 +103,16 @@ class LST(FrozenStackTuner):
                  drop_layers: Sequence[int] | None = None, side_layer: str = 'auto', num_heads: int | None = None,
                  feedforward_channels: int | None = None, dropout: float = 0.1, temperature: float = 0.1,
                  alpha_init: float = 0.0, final_norm: bool = True, out_channels: int | None = None,
-                 bias: bool = True, memory_width: int | None = None, norm_eval: bool = True,
-                 init_cfg: dict | None = None) -> None:
+                 finalize_output: bool = True, bias: bool = True, memory_width: int | None = None,
+                 norm_eval: bool = True, init_cfg: dict | None = None) -> None:
         super().__init__(stack, norm_eval=norm_eval, init_cfg=init_cfg)
         stack = self.stack
         n = stack.num_layers
         self.tuner_cfg = dict(type='LST', reduction=reduction, side_width=side_width,
                               drop_layers=copy.deepcopy(drop_layers), side_layer=side_layer, num_heads=num_heads,
                               feedforward_channels=feedforward_channels, dropout=dropout, temperature=temperature,
-                              alpha_init=alpha_init, final_norm=final_norm, out_channels=out_channels, bias=bias,
-                              memory_width=memory_width)
+                              alpha_init=alpha_init, final_norm=final_norm, out_channels=out_channels,
+                              finalize_output=finalize_output, bias=bias, memory_width=memory_width)
         if side_layer not in SIDE_LAYERS:
             raise ValueError(f'LST: side_layer must be one of {SIDE_LAYERS}, got {side_layer!r}')
         input_width, widths = _stack_widths(stack, 'LST')
@@ -125,7 +128,8 @@ class LST(FrozenStackTuner):
             raise ValueError(f'LST: drop_layers {list(drop_layers)} drops every layer of the {n}-layer stack')
         d = int(side_width) if side_width is not None else max(1, int(widths[-1] // reduction))
         self.side_width, self.side_layer, self.temperature = d, side_layer, float(temperature)
-        out = out_channels or widths[-1]
+        self.finalize_output = finalize_output
+        out = check_output_width('LST', out_channels, widths[-1], finalize_output)
         if num_heads is None:
             num_heads = next(h for h in (8, 4, 2, 1) if d % h == 0)
         elif d % num_heads:
@@ -203,6 +207,8 @@ class LST(FrozenStackTuner):
                 side = layer(side, memory, tgt_key_padding_mask=kpm, memory_key_padding_mask=mem_mask)
         normed = self.side_final_norm(side) if self.side_final_norm is not None else side
         out = self.side_final_upsample(normed)
+        if self.finalize_output:
+            out = stack.finalize(out, context)
         return StackOutput(hidden=out, frozen=hidden, side=side,
                            intermediates=outputs if return_intermediates else None)
 

@@ -91,7 +91,8 @@ def prepend_tokens(stack: BackboneStack, hidden: Tensor, context: Mapping[str, A
 
     ``context['attention_mask']`` is extended by :func:`extend_attention_mask`;
     other entries follow ``policies`` (key → ``'zeros'``, ``'ones'``,
-    ``'keep'``), then :data:`DEFAULT_POLICIES`. A tensor entry that looks per
+    ``'keep'``), then the stack's ``prompt_context_policies``, then
+    :data:`DEFAULT_POLICIES`. A tensor entry that looks per
     token (``(B, K, ...)``) with no policy raises a ``ValueError`` naming it, and
     so does a feature-map stack. The input ``context`` is not modified.
     """
@@ -102,7 +103,7 @@ def prepend_tokens(stack: BackboneStack, hidden: Tensor, context: Mapping[str, A
         raise ValueError(f'PromptTuning expects hidden states (B, K, D), got {tuple(hidden.shape)}')
     batch, length, _ = hidden.shape
     num = prompts.shape[1]
-    rules = {**DEFAULT_POLICIES, **dict(policies or {})}
+    rules = {**DEFAULT_POLICIES, **stack.prompt_context_policies, **dict(policies or {})}
     new = dict(context)
     for key, value in context.items():
         rule = rules.get(key)

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from sherl_mm.backbones.base import BackboneStack, StackOutput
 from sherl_mm.registry import MODELS, TUNERS
 
-from ._common import FrozenStackTuner
+from ._common import FrozenStackTuner, check_output_width
 from .mtsa import l1norm
 from .sherl import INPUT, _stack_widths, resolve_selection
 
@@ -124,8 +124,9 @@ class UniPT(FrozenStackTuner):
             ``select_layers`` is None, else whether it lists ``'input'``).
         eps: ε of the row ℓ1-norm (default 1e-8, VSE∞).
         mask_key: context key of the ``(B, K)`` padding mask (True = pad).
-        finalize_output: apply ``stack.finalize`` to the UniPT output (default
-            False: the up-projected output is the stack's output, as in VSE∞).
+        finalize_output: apply the stack's output stage to the UniPT output
+            (default True, so the tuned stack returns what the plain one does,
+            e.g. CLIP's projected embedding; VSE∞'s BERT has no output stage).
         norm_eps: eps of the side LayerNorms.
         norm_eval: keep the stack's BatchNorm statistics frozen in training.
 
@@ -136,7 +137,7 @@ class UniPT(FrozenStackTuner):
     def __init__(self, stack: BackboneStack | dict, side_width: int | None = None, reduction: float | None = None,
                  out_channels: int | None = None, select_layers: Sequence[int | str] | None = None,
                  use_input: bool | None = None, eps: float = 1e-8, mask_key: str = 'key_padding_mask',
-                 finalize_output: bool = False, norm_eps: float = 1e-5, norm_eval: bool = True,
+                 finalize_output: bool = True, norm_eps: float = 1e-5, norm_eval: bool = True,
                  init_cfg: dict | None = None) -> None:
         super().__init__(stack, norm_eval=norm_eval, init_cfg=init_cfg)
         stack = self.stack
@@ -158,7 +159,8 @@ class UniPT(FrozenStackTuner):
         in_channels = [input_width if k == INPUT else widths[k] for k in self.selection]
         d = int(side_width) if side_width is not None else max(1, int(widths[-1] // (reduction or 2)))
         self.mask_key, self.finalize_output = mask_key, finalize_output
-        self.unipt = UniPTModule(in_channels, d, out_channels or widths[-1], eps=eps, norm_eps=norm_eps)
+        self.unipt = UniPTModule(in_channels, d, check_output_width('UniPT', out_channels, widths[-1], finalize_output),
+                                 eps=eps, norm_eps=norm_eps)
         self.needed = set(self.selection)
 
     def _valid(self, context: dict, tokens: int) -> Tensor | None:
