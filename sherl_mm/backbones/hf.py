@@ -70,6 +70,14 @@ def _pretrained_kwargs(attn_implementation: str | None) -> dict:
     return {} if attn_implementation is None else dict(attn_implementation=attn_implementation)
 
 
+def _call_supported(fn, **kwargs: Any) -> Any:
+    """Call a transformers helper with the keyword arguments its signature
+    takes: transformers 5.24 renamed ``past_key_values`` to ``cache``, and we
+    pass both (as ``None``) so that either release works."""
+    params = inspect.signature(fn).parameters
+    return fn(**{k: v for k, v in kwargs.items() if k in params})
+
+
 def _key_padding_mask(attention_mask: Tensor | None, batch: int, length: int, device) -> Tensor:
     if attention_mask is None:
         return torch.zeros(batch, length, dtype=torch.bool, device=device)
@@ -179,7 +187,7 @@ class HFEncoderStack(_TokenizerMixin, PretrainedStack):
             input_ids, attention_mask = self.encode_texts(input_ids)
         model = self.model
         hidden = model.embeddings(input_ids=input_ids, position_ids=position_ids, token_type_ids=token_type_ids,
-                                  inputs_embeds=inputs_embeds, past_key_values_length=0)
+                                  inputs_embeds=inputs_embeds)
         if hasattr(model, 'embeddings_project'):  # ELECTRA
             hidden = model.embeddings_project(hidden)
         layer_mask = self._layer_mask(attention_mask, hidden)
@@ -192,10 +200,9 @@ class HFEncoderStack(_TokenizerMixin, PretrainedStack):
     def _layer_mask(self, attention_mask: Tensor | None, hidden: Tensor):
         model = self.model
         if hasattr(model, '_create_attention_masks'):
-            params = inspect.signature(model._create_attention_masks).parameters
-            kwargs = dict(attention_mask=attention_mask, encoder_attention_mask=None, embedding_output=hidden,
-                          encoder_hidden_states=None, past_key_values=None)
-            mask = model._create_attention_masks(**{k: v for k, v in kwargs.items() if k in params})
+            mask = _call_supported(model._create_attention_masks, attention_mask=attention_mask,
+                                   encoder_attention_mask=None, embedding_output=hidden,
+                                   encoder_hidden_states=None, past_key_values=None, cache=None)
             return mask[0] if isinstance(mask, tuple) else mask
         from transformers.masking_utils import create_bidirectional_mask
         return create_bidirectional_mask(config=model.config, inputs_embeds=hidden, attention_mask=attention_mask)
@@ -390,8 +397,8 @@ class HFT5DecoderStack(_T5StackBase):
               inputs_embeds: Tensor | None = None) -> tuple[Tensor, dict]:
         from transformers.masking_utils import create_causal_mask
         inputs_embeds = self._embed_tokens(input_ids, inputs_embeds)
-        mask = create_causal_mask(config=self.t5.config, inputs_embeds=inputs_embeds,
-                                  attention_mask=attention_mask, past_key_values=None)
+        mask = _call_supported(create_causal_mask, config=self.t5.config, inputs_embeds=inputs_embeds,
+                               attention_mask=attention_mask, past_key_values=None, cache=None)
         batch, length = inputs_embeds.shape[:2]
         context = dict(attention_mask=mask, position_bias=self._position_bias(inputs_embeds),
                        key_padding_mask=_key_padding_mask(attention_mask, batch, length, inputs_embeds.device),

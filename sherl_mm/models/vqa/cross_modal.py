@@ -127,7 +127,7 @@ class VisualBertStack(HFEncoderStack):
         emb = self.model.embeddings
         # BERT embeddings apply LayerNorm and dropout at the end; the visual
         # tokens get their own LayerNorm, then share the dropout.
-        text = emb(input_ids=input_ids, token_type_ids=token_type_ids, past_key_values_length=0)
+        text = emb(input_ids=input_ids, token_type_ids=token_type_ids)
         visual = emb.dropout(self.embed_visual(visual_feats))
         hidden = torch.cat([text, visual], dim=1)
         batch, length = input_ids.shape
