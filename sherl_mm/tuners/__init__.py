@@ -15,10 +15,11 @@ __all__ += ['Adapter', 'BitFit', 'BottleneckAdapter', 'FullFineTune', 'LinearPro
             'inject_adapters', 'inject_lora', 'merge_lora', 'prepend_tokens', 'remove_adapters', 'remove_lora',
             'strip_tokens', 'unmerge_lora']
 # SHERL and its comparison methods
+from .feature_cache import EarlyRouteCache
 from .lst import LST, lst_gate
 from .mtsa import MTSA, l1norm, l2norm, redundancy
 from .sherl import SHERL
 from .unipt import UniPT, UniPTModule, linear_attention, masked_mean
 
-__all__ += ['LST', 'MTSA', 'SHERL', 'UniPT', 'UniPTModule', 'l1norm', 'l2norm', 'linear_attention', 'lst_gate',
+__all__ += ['EarlyRouteCache', 'LST', 'MTSA', 'SHERL', 'UniPT', 'UniPTModule', 'l1norm', 'l2norm', 'linear_attention', 'lst_gate',
             'masked_mean', 'redundancy']

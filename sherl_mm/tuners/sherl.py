@@ -26,11 +26,20 @@ MTSA one, passed as ``late_context=dict(memory=...)``, for its last layer).
 Models pass ``late_context`` to the stack call: a dict merged into the context
 of the late layers only (e.g. ``dict(memory=encoder_output.hidden)`` for a
 decoder, whose late layer then cross-attends to the encoder's MTSA output).
+
+Opt-in early-route feature cache (beyond the paper): with
+``feature_cache=dict(dir=..., pipeline_fingerprint=...)`` and per-sample keys
+(``sample_keys=`` in the call, or set by
+:class:`~sherl_mm.hooks.EarlyRouteCacheHook` in training), the early route of
+a batch whose samples are all cached is read from disk instead of computed;
+otherwise it is computed with the stack in eval mode and written
+(:mod:`sherl_mm.tuners.feature_cache`).
 """
 from __future__ import annotations
 
 import copy
-from typing import Any, Sequence
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -39,6 +48,7 @@ from sherl_mm.backbones.base import BackboneStack, StackOutput
 from sherl_mm.registry import TUNERS
 
 from ._common import FrozenStackTuner, layer_roots
+from .feature_cache import EarlyRouteCache, weight_digests
 from .mtsa import MTSA, VARIANTS
 
 INPUT = 'input'
@@ -117,12 +127,20 @@ class SHERL(FrozenStackTuner):
             ``dict(type='Adapter', dim=... | reduction=..., target_modules=...)``;
             without ``target_modules`` an Adapter goes after each late layer.
         norm_eval: keep the stack's BatchNorm statistics frozen in training.
+        feature_cache: opt-in on-disk cache of the early route, used for the
+            calls that carry sample keys: ``dict(dir=..., pipeline_fingerprint=
+            '<names the data pipeline>', rebuild_stale=False)``. Valid only when
+            the stack's inputs are a deterministic function of the sample key
+            (no random augmentation, no trainable module before the stack);
+            the early route then runs in eval mode (no dropout), cached or
+            not. See :mod:`sherl_mm.tuners.feature_cache`.
     """
 
     def __init__(self, stack: BackboneStack | dict, num_late_layers: int | None = None,
                  select_layers: Sequence[int | str] | None = None, use_input: bool | None = None,
                  insert_layers: Sequence[int] | None = None, mtsa: dict | None = None,
-                 late_tuner: dict | None = None, norm_eval: bool = True, init_cfg: dict | None = None) -> None:
+                 late_tuner: dict | None = None, norm_eval: bool = True, feature_cache: dict | None = None,
+                 init_cfg: dict | None = None) -> None:
         super().__init__(stack, norm_eval=norm_eval, init_cfg=init_cfg)
         stack = self.stack
         n = stack.num_layers
@@ -185,6 +203,11 @@ class SHERL(FrozenStackTuner):
         self.late_targeted: list[str] = []
         if late_tuner is not None:
             self._build_late_tuner(dict(late_tuner))
+        self.feature_cache_cfg = self._check_cache_cfg(feature_cache)
+        # opened on first use: the fingerprint must see the weights loaded after construction
+        self.feature_cache: EarlyRouteCache | None = None
+        #: sample keys of the next calls, set by EarlyRouteCacheHook around each training iteration
+        self.sample_keys: list[str] | None = None
 
     # ------------------------------------------------------------------ construction
     @staticmethod
@@ -248,24 +271,111 @@ class SHERL(FrozenStackTuner):
             raise ValueError(f'SHERL: late_tuner {kind} with target_modules={targets!r} matched no module in the '
                              f'late layers {self.late_layers}')
 
-    # ------------------------------------------------------------------ forward
-    def forward(self, *inputs: Any, late_context: dict | None = None, return_intermediates: bool = False,
-                **kwargs: Any) -> StackOutput:
+    @staticmethod
+    def _check_cache_cfg(cfg: dict | None) -> dict | None:
+        if cfg is None:
+            return None
+        cfg = dict(cfg)
+        unknown = set(cfg) - {'dir', 'pipeline_fingerprint', 'rebuild_stale'}
+        missing = {'dir', 'pipeline_fingerprint'} - set(cfg)
+        if unknown or missing:
+            raise ValueError(f'SHERL: feature_cache takes dir, pipeline_fingerprint and rebuild_stale; unknown '
+                             f'{sorted(unknown)}, missing {sorted(missing)}')
+        if not isinstance(cfg['pipeline_fingerprint'], str) or not cfg['pipeline_fingerprint']:
+            raise ValueError('SHERL: feature_cache.pipeline_fingerprint must be a non-empty string naming the data '
+                             'pipeline (dataset, split, transforms); the cache is refused when it changes')
+        return cfg
+
+    # ------------------------------------------------------------------ feature cache
+    def feature_cache_parts(self) -> dict:
+        """What the cache fingerprint hashes: the frozen tensors the early
+        route reads (the stack without its late layers), the route that
+        decides which states are stored, and the pipeline string."""
+        late = [self.stack.layers[i] for i in self.late_layers]
+        route = dict(stack=type(self.stack).__name__, num_layers=self.stack.num_layers, points=self.points,
+                     stored=sorted(str(k) for k in self.needed if k == INPUT or k < self.points[0]))
+        return dict(weights=weight_digests(self.stack, exclude=late), route=route,
+                    pipeline=self.feature_cache_cfg['pipeline_fingerprint'])
+
+    def open_feature_cache(self) -> EarlyRouteCache:
+        """The cache, opened (and its fingerprint checked) on first call."""
+        if self.feature_cache_cfg is None:
+            raise ValueError('SHERL: sample keys were given but feature_cache is not configured; pass '
+                             'feature_cache=dict(dir=..., pipeline_fingerprint=...) to use the cache')
+        if self.feature_cache is None:
+            cfg = self.feature_cache_cfg
+            self.feature_cache = EarlyRouteCache(cfg['dir'], self.feature_cache_parts(),
+                                                 rebuild_stale=cfg.get('rebuild_stale', False))
+        return self.feature_cache
+
+    @contextmanager
+    def _stack_eval(self) -> Iterator[None]:
+        """Eval mode for the early route (no dropout, so that what is cached is
+        what a later epoch would compute), restoring every module's mode after."""
+        modes = [(m, m.training) for m in self.stack.modules()]
+        self.stack.eval()
+        try:
+            yield
+        finally:
+            for module, mode in modes:
+                module.training = mode
+
+    def _early_route(self, inputs: tuple, kwargs: dict, return_intermediates: bool
+                     ) -> tuple[dict[int | str, Tensor], dict, list[Tensor]]:
+        """``(saved states, context, intermediates)`` of the input stage and the
+        layers before the first insertion point, without a graph."""
         stack = self.stack
-        n = stack.num_layers
-        first = self.points[0]
         saved: dict[int | str, Tensor] = {}
         intermediates: list[Tensor] = []
         with torch.no_grad():
             hidden, context = stack.embed(*inputs, **kwargs)
             if INPUT in self.needed:
                 saved[INPUT] = hidden
-            for i in range(first):
+            for i in range(self.points[0]):
                 hidden = stack.run_layer(i, hidden, context)
                 if i in self.needed:
                     saved[i] = hidden
                 if return_intermediates:
                     intermediates.append(hidden)
+        return saved, context, intermediates
+
+    def _cached_early_route(self, keys: list[str], inputs: tuple, kwargs: dict
+                            ) -> tuple[dict[int | str, Tensor], dict]:
+        cache = self.open_feature_cache()
+        device = next(self.mtsa.parameters()).device
+        if cache.has_all(keys):
+            features, context = cache.load(keys, device)
+            # safetensors keys are strings; layer indices go back to ints
+            return {(k if k == INPUT else int(k)): v for k, v in features.items()}, context
+        given = list(inputs) + list(kwargs.values())
+        if any(isinstance(t, Tensor) and t.requires_grad for t in given):
+            raise ValueError('SHERL: an input of the stack requires grad, so the early route depends on trainable '
+                             'parameters and cannot be cached; disable feature_cache for this stack')
+        with self._stack_eval():
+            saved, context, _ = self._early_route(inputs, kwargs, False)
+        cache.write(keys, {str(k): v for k, v in saved.items()}, context)
+        return saved, context
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, *inputs: Any, late_context: dict | None = None, return_intermediates: bool = False,
+                sample_keys: Sequence[Any] | None = None, **kwargs: Any) -> StackOutput:
+        """Run the SHERL route. ``sample_keys`` (one unique key per sample,
+        e.g. dataset indices) reads / writes the feature cache; without it
+        (and without keys set by the hook) the cache is not used."""
+        stack = self.stack
+        n = stack.num_layers
+        first = self.points[0]
+        keys = sample_keys if sample_keys is not None else self.sample_keys
+        intermediates: list[Tensor] = []
+        if keys is not None:
+            if return_intermediates:
+                raise ValueError('SHERL: return_intermediates needs every early layer, which the feature cache '
+                                 'does not store; call without sample keys to get them')
+            keys = [str(k.item() if isinstance(k, Tensor) else k) for k in keys]
+            saved, context = self._cached_early_route(keys, inputs, kwargs)
+        else:
+            saved, context, intermediates = self._early_route(inputs, kwargs, return_intermediates)
+        hidden = saved[first - 1]                               # x_last: the guidance of the first MTSA
         late_ctx = {**context, **late_context} if late_context else context
         frozen = hidden
         side = hidden
