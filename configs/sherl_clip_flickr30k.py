@@ -29,4 +29,3 @@ train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=10, val_interval=1)
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
 default_hooks = dict(checkpoint=dict(save_best='retrieval/rsum', rule='greater', max_keep_ckpts=2))
-custom_hooks = [dict(type='ParameterTableHook'), dict(type='PeakMemoryHook')]

@@ -47,4 +47,3 @@ train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=5, val_interval=1)
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
 default_hooks = dict(checkpoint=dict(save_best='vqa/accuracy', rule='greater', max_keep_ckpts=2))
-custom_hooks = [dict(type='ParameterTableHook'), dict(type='PeakMemoryHook')]

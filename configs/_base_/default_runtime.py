@@ -10,6 +10,11 @@ default_hooks = dict(
     # RNG state saved/restored so that --resume reproduces an uninterrupted run
     checkpoint=dict(type='AtomicCheckpointHook', interval=1),
     sampler_seed=dict(type='DistSamplerSeedHook'),
+    # peak memory of every logging interval (CUDA allocator peak or CPU RSS, GiB) in the log line and
+    # vis_data/scalars.json, and the whole-run peak at the end; `default_hooks.peak_memory=None` turns it off
+    peak_memory=dict(type='PeakMemoryHook'),
+    # total / trainable parameters per top-level module at the start of training
+    param_table=dict(type='ParameterTableHook'),
 )
 
 env_cfg = dict(

@@ -32,5 +32,4 @@ train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=6, val_interval=6)
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
 default_hooks = dict(logger=dict(interval=20), checkpoint=dict(interval=6, max_keep_ckpts=1))
-custom_hooks = [dict(type='ParameterTableHook')]
 randomness = dict(seed=0)

@@ -39,5 +39,4 @@ train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=3, val_interval=3)
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
 default_hooks = dict(logger=dict(interval=20), checkpoint=dict(interval=3, max_keep_ckpts=1))
-custom_hooks = [dict(type='ParameterTableHook')]
 randomness = dict(seed=0)

@@ -31,8 +31,9 @@ class StackOutput:
         hidden: output of the output stage on the tuned route.
         frozen: the frozen route's hidden state where a side route branched
             off (SHERL's ``x_last``); ``None`` on the plain route.
-        side: the side module's output that entered the late layers (SHERL's
-            MTSA output), before the output stage; ``None`` on the plain route.
+        side: the side route's state before the output stage: SHERL's MTSA
+            output (stack width, the input of the late layers), LST's and
+            UniPT's side state (width ``d``); ``None`` on the plain route.
         intermediates: hidden state after every layer run on the route,
             before the output stage, when the caller asked for them.
     """

@@ -9,8 +9,8 @@ fallback on CPU); tools/train.py and tools/test.py call it through
 """
 from .checkpoint import atomic_save_checkpoint, atomic_write_text, install_checkpoint_fixes
 from .hooks import AtomicCheckpointHook
-from .optim import CpuBf16OptimWrapper
-from .runtime import enable_amp, init_distributed, load_config, resolve_amp, setup_runtime
+from .optim import CpuBf16OptimWrapper, TrainableOptimWrapperConstructor
+from .runtime import drop_disabled_hooks, enable_amp, init_distributed, load_config, resolve_amp, setup_runtime
 from .validate import CheckpointCompatHook, UserInputError, check_checkpoint_compat, validate_config
 from .cli import build_runner, run_test, run_tool, run_train
 
@@ -20,5 +20,5 @@ __all__ = [
     'AtomicCheckpointHook', 'CheckpointCompatHook', 'CpuBf16OptimWrapper', 'UserInputError',
     'atomic_save_checkpoint', 'atomic_write_text', 'build_runner', 'check_checkpoint_compat', 'enable_amp',
     'init_distributed', 'install_checkpoint_fixes', 'load_config', 'resolve_amp', 'run_tool', 'setup_runtime',
-    'run_test', 'run_train', 'validate_config'
+    'run_test', 'run_train', 'validate_config', 'TrainableOptimWrapperConstructor', 'drop_disabled_hooks'
 ]

@@ -1,14 +1,70 @@
-"""Mixed precision without CUDA."""
+"""Optimizer construction for frozen backbones, and mixed precision without CUDA."""
 import logging
 from contextlib import contextmanager
 
 import torch
-from mmengine.logging import print_log
-from mmengine.optim import OptimWrapper
+from mmengine.logging import MMLogger, print_log
+from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapper
+from torch import nn
 
-from sherl_mm.registry import OPTIM_WRAPPERS
+from sherl_mm.registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS
 
-__all__ = ['CpuBf16OptimWrapper']
+__all__ = ['CpuBf16OptimWrapper', 'TrainableOptimWrapperConstructor']
+
+_FROZEN_SKIP_MESSAGE = 'is skipped since its requires_grad=False'
+
+
+class _TrainableParameters:
+    """What mmengine's constructor reads of a model when ``paramwise_cfg`` is
+    empty (only ``parameters()``), restricted to the trainable tensors."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self._model = model
+
+    def parameters(self):
+        return (p for p in self._model.parameters() if p.requires_grad)
+
+
+class _DropFrozenSkipRecords(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return _FROZEN_SKIP_MESSAGE not in record.getMessage()
+
+
+@OPTIM_WRAPPER_CONSTRUCTORS.register_module()
+class TrainableOptimWrapperConstructor(DefaultOptimWrapperConstructor):
+    """mmengine's default constructor, given only the trainable parameters.
+
+    Freezing with ``requires_grad_(False)`` is what saves memory (STACK.md
+    pitfall 8); the optimizer should then not hold the frozen tensors at all.
+    mmengine's constructor passes every parameter when ``paramwise_cfg`` is
+    empty, and with a ``paramwise_cfg`` (e.g. ``custom_keys`` for a head
+    learning rate) skips frozen ones but logs one warning per tensor: for a
+    frozen ResNet-101 + RoBERTa that is about a thousand lines. Here the
+    frozen tensors are left out either way and one line reports the split.
+    Everything else (``custom_keys``, ``bias_lr_mult``, ...) is mmengine's.
+    """
+
+    def __call__(self, model: nn.Module) -> OptimWrapper:
+        module = model.module if hasattr(model, 'module') else model
+        trainable = [p for p in module.parameters() if p.requires_grad]
+        if not trainable:
+            raise ValueError('TrainableOptimWrapperConstructor: the model has no trainable parameter; '
+                             'check the tuner config (LinearProbe still trains the heads)')
+        if self.paramwise_cfg:
+            logger = MMLogger.get_current_instance()
+            drop = _DropFrozenSkipRecords()
+            logger.addFilter(drop)
+            try:
+                wrapper = super().__call__(module)
+            finally:
+                logger.removeFilter(drop)
+        else:
+            wrapper = super().__call__(_TrainableParameters(module))
+        frozen = sum(p.numel() for p in module.parameters() if not p.requires_grad)
+        print_log(f'optimizer: {sum(p.numel() for p in trainable):,} trainable parameters in '
+                  f'{len(wrapper.optimizer.param_groups)} group(s); {frozen:,} frozen parameters left out',
+                  logger='current')
+        return wrapper
 
 
 @OPTIM_WRAPPERS.register_module()

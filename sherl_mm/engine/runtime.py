@@ -13,7 +13,10 @@ to torch >= 2.6 and to machines without CUDA:
    ``device_ids``, both of which fail without CUDA);
 3. AMP: an ``AmpOptimWrapper`` config on a machine without CUDA becomes
    :class:`~sherl_mm.engine.optim.CpuBf16OptimWrapper` (bf16 autocast, no
-   GradScaler), with a log line saying so.
+   GradScaler), with a log line saying so;
+4. ``default_hooks.<name>=None`` turns off any default hook, also the ones
+   sherl_mm adds (``peak_memory``, ``param_table``), for which mmengine
+   would assert.
 """
 import datetime
 import logging
@@ -28,11 +31,14 @@ from mmengine.logging import print_log
 from .checkpoint import install_checkpoint_fixes
 from .validate import UserInputError
 
-__all__ = ['setup_runtime', 'load_config', 'enable_amp', 'init_distributed', 'resolve_amp']
+__all__ = ['setup_runtime', 'load_config', 'enable_amp', 'init_distributed', 'resolve_amp', 'drop_disabled_hooks']
 
 _AMP_TYPES = ('AmpOptimWrapper', 'mmengine.AmpOptimWrapper')
 _PLAIN_TYPES = ('OptimWrapper', 'mmengine.OptimWrapper', 'sherl_mm.OptimWrapper')
 _CPU_AMP = 'CpuBf16OptimWrapper'
+#: the default hooks mmengine itself knows; ``None`` removes these, and
+#: mmengine asserts on ``None`` for any other name
+_MMENGINE_DEFAULT_HOOKS = ('runtime_info', 'timer', 'sampler_seed', 'logger', 'param_scheduler', 'checkpoint')
 
 
 def _log(msg, level=logging.INFO):
@@ -144,10 +150,21 @@ def init_distributed(cfg: Config) -> None:
             wrapper['device_ids'] = None
 
 
+def drop_disabled_hooks(cfg: Config) -> None:
+    """Remove ``default_hooks`` entries set to ``None`` that mmengine does
+    not know (it only accepts ``None`` for its own defaults)."""
+    hooks = cfg.get('default_hooks')
+    if not isinstance(hooks, dict):
+        return
+    for name in [k for k, v in hooks.items() if v is None and k not in _MMENGINE_DEFAULT_HOOKS]:
+        hooks.pop(name)
+
+
 def setup_runtime(cfg: Config) -> Config:
     """Apply sherl_mm's runtime fixes to ``cfg`` (in place) and the process;
     call it before ``Runner.from_cfg``. See the module docstring."""
     install_checkpoint_fixes()
     init_distributed(cfg)
     resolve_amp(cfg)
+    drop_disabled_hooks(cfg)
     return cfg

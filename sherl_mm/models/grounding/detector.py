@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from sherl_mm.backbones.base import StackOutput
 from sherl_mm.registry import BACKBONES, MODELS, TUNERS
+from sherl_mm.tuners.sherl import SHERL
 
 from .head import MDETRHead
 from .positive_map import create_positive_map, span_token_mask, tokenize
@@ -302,7 +303,7 @@ class MDETRGrounding(BaseDetector):
 
         hidden_states = []
         if self.aux_loss and self.training:
-            if dec.side is not None:  # SHERL: one auxiliary output, the un-normed MTSA output
+            if isinstance(self.stacks['decoder'], SHERL):  # one auxiliary output, the un-normed MTSA output
                 hidden_states.append(dec.side)
             elif dec.intermediates:
                 decoder_stack = self.stacks['decoder'].stack
