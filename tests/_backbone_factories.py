@@ -22,19 +22,28 @@ name               factory                     layout      widths / output ``hid
 ``resnet``         ``tiny_resnet_stack``       feature_map [8, 8, 16, 16, 32, 32, 64, 64]; ``(B, 64, 2, 2)``
 ``efficientnet``   ``tiny_efficientnet_stack`` feature_map 10 blocks, 8..80; ``(B, 1280, 2, 2)``
 ``generic``        ``tiny_generic_stack``      tokens      4 x 32; ``(B, 7, 32)``
+``detr_encoder``   ``tiny_detr_encoder_stack`` tokens      4 x 32; ``(B, 9, 32)``; args src, pos, mask
+``detr_decoder``   ``tiny_detr_decoder_stack`` tokens      4 x 32; ``(B, 5, 32)``; args queries, memory ...
 =================  ==========================  ==========  ============================================
 
-``tiny_t5_pair()`` gives an encoder and a decoder stack that share one T5.
+``stack_config(name)`` is the BACKBONES config each factory builds from
+(``BACKBONES.build(stack_config(name))``; tuners take it as ``stack=``). The
+generic one holds a module instance, since :class:`TinyTokenEncoder` is not
+registered. ``tiny_t5_pair()`` gives an encoder and a decoder stack that share one T5.
 ``example_inputs(name, batch=2)`` returns ``(args, kwargs)`` with padding in
 the text inputs; they are the same at every call (own seeded generator).
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
-from sherl_mm.backbones import (EfficientNetStack, HFEncoderStack, HFT5DecoderStack, HFT5EncoderStack,
-                                ModuleListStack, OpenCLIPTextStack, OpenCLIPVisionStack, ResNetStack)
+from sherl_mm.backbones import (DetrDecoderStack, DetrEncoderStack, EfficientNetStack, HFEncoderStack,
+                                HFT5DecoderStack, HFT5EncoderStack, ModuleListStack, OpenCLIPTextStack,
+                                OpenCLIPVisionStack, ResNetStack)
+from sherl_mm.registry import BACKBONES
 
 WIDTH = 32
 VOCAB = 100
@@ -44,6 +53,8 @@ CLIP_CONTEXT = 12
 CLIP_SOT, CLIP_EOT = 98, 99
 IMAGE_SIZE = 64
 CLIP_IMAGE_SIZE = 32
+DETR_MEMORY_LEN = 9
+DETR_QUERIES = 5
 
 BERT_CONFIG = dict(model_type='bert', hidden_size=WIDTH, num_hidden_layers=4, num_attention_heads=4,
                    intermediate_size=64, vocab_size=VOCAB, max_position_embeddings=64)
@@ -70,16 +81,48 @@ class TinyTokenEncoder(nn.Module):
         return self.norm(self.encoder(x, src_key_padding_mask=attention_mask == 0))
 
 
+DETR_CONFIG = dict(num_layers=4, embed_dims=WIDTH, num_heads=4, feedforward_channels=64)
+
+
+def stack_config(name: str) -> dict:
+    """The BACKBONES config of the tiny stack ``name`` (a new dict at every call)."""
+    configs = {
+        'bert': dict(type='HFEncoderStack', config=BERT_CONFIG),
+        't5_encoder': dict(type='HFT5EncoderStack', config=T5_CONFIG),
+        't5_decoder': dict(type='HFT5DecoderStack', config=T5_CONFIG),
+        'clip_text': dict(type='OpenCLIPTextStack', model_cfg=CLIP_CONFIG),
+        'clip_vision': dict(type='OpenCLIPVisionStack', model_cfg=CLIP_CONFIG),
+        'resnet': dict(type='ResNetStack', depth=18, resnet=dict(base_channels=8)),
+        'efficientnet': dict(type='EfficientNetStack', pretrained=False,
+                             override_params=dict(width_coefficient=0.25, depth_coefficient=0.5)),
+        'generic': dict(type='ModuleListStack', layers='encoder.layers', output_module='norm',
+                        key_padding_mask_arg='src_key_padding_mask'),
+        'detr_encoder': dict(type='DetrEncoderStack', **DETR_CONFIG),
+        'detr_decoder': dict(type='DetrDecoderStack', **DETR_CONFIG),
+    }
+    if name not in configs:
+        raise KeyError(f'unknown tiny stack {name!r}; names: {STACK_NAMES}')
+    cfg = copy.deepcopy(configs[name])
+    if name == 'generic':
+        # a module instance (the wrapped network is not in MODELS), made only here: it draws from the global RNG
+        cfg['module'] = TinyTokenEncoder()
+    return cfg
+
+
+def _build(name: str):
+    return BACKBONES.build(stack_config(name))
+
+
 def tiny_bert_stack() -> HFEncoderStack:
-    return HFEncoderStack(config=BERT_CONFIG)
+    return _build('bert')
 
 
 def tiny_t5_encoder_stack() -> HFT5EncoderStack:
-    return HFT5EncoderStack(config=T5_CONFIG)
+    return _build('t5_encoder')
 
 
 def tiny_t5_decoder_stack() -> HFT5DecoderStack:
-    return HFT5DecoderStack(config=T5_CONFIG)
+    return _build('t5_decoder')
 
 
 def tiny_t5_pair() -> tuple[HFT5EncoderStack, HFT5DecoderStack]:
@@ -94,24 +137,31 @@ def tiny_clip_model() -> nn.Module:
 
 
 def tiny_clip_text_stack(output: str = 'embedding') -> OpenCLIPTextStack:
-    return OpenCLIPTextStack(model_cfg=CLIP_CONFIG, output=output)
+    return BACKBONES.build(dict(stack_config('clip_text'), output=output))
 
 
 def tiny_clip_vision_stack(output: str = 'embedding') -> OpenCLIPVisionStack:
-    return OpenCLIPVisionStack(model_cfg=CLIP_CONFIG, output=output)
+    return BACKBONES.build(dict(stack_config('clip_vision'), output=output))
 
 
 def tiny_resnet_stack() -> ResNetStack:
-    return ResNetStack(depth=18, resnet=dict(base_channels=8))
+    return _build('resnet')
 
 
 def tiny_efficientnet_stack() -> EfficientNetStack:
-    return EfficientNetStack(pretrained=False, override_params=dict(width_coefficient=0.25, depth_coefficient=0.5))
+    return _build('efficientnet')
 
 
 def tiny_generic_stack() -> ModuleListStack:
-    return ModuleListStack(module=TinyTokenEncoder(), layers='encoder.layers', output_module='norm',
-                           key_padding_mask_arg='src_key_padding_mask')
+    return _build('generic')
+
+
+def tiny_detr_encoder_stack() -> DetrEncoderStack:
+    return _build('detr_encoder')
+
+
+def tiny_detr_decoder_stack() -> DetrDecoderStack:
+    return _build('detr_decoder')
 
 
 FACTORIES = {
@@ -123,6 +173,8 @@ FACTORIES = {
     'resnet': tiny_resnet_stack,
     'efficientnet': tiny_efficientnet_stack,
     'generic': tiny_generic_stack,
+    'detr_encoder': tiny_detr_encoder_stack,
+    'detr_decoder': tiny_detr_decoder_stack,
 }
 STACK_NAMES = tuple(FACTORIES)
 
@@ -173,10 +225,22 @@ def example_inputs(name: str, batch: int = 2) -> tuple[tuple, dict]:
         return (torch.randn(batch, 3, CLIP_IMAGE_SIZE, CLIP_IMAGE_SIZE, generator=gen),), {}
     if name in ('resnet', 'efficientnet'):
         return (torch.randn(batch, 3, IMAGE_SIZE, IMAGE_SIZE, generator=gen),), {}
+    if name in ('detr_encoder', 'detr_decoder'):
+        # image + text tokens with their positions; sample b has b padded positions at the end
+        memory = torch.randn(batch, DETR_MEMORY_LEN, WIDTH, generator=gen)
+        pos = torch.randn(batch, DETR_MEMORY_LEN, WIDTH, generator=gen)
+        pad = torch.zeros(batch, DETR_MEMORY_LEN, dtype=torch.bool)
+        for b in range(batch):
+            if b:
+                pad[b, DETR_MEMORY_LEN - min(b, DETR_MEMORY_LEN - 2):] = True
+        if name == 'detr_encoder':
+            return (memory, pos, pad), {}
+        queries = torch.randn(DETR_QUERIES, WIDTH, generator=gen)   # the learned query embedding
+        return (queries, memory, pos, pad), {}
     raise KeyError(f'unknown tiny stack {name!r}; names: {STACK_NAMES}')
 
 
 __all__ = ['FACTORIES', 'STACK_NAMES', 'TinyTokenEncoder', 'clip_text_ids', 'example_inputs', 'make_stack',
-           'tiny_bert_stack', 'tiny_clip_model', 'tiny_clip_text_stack', 'tiny_clip_vision_stack',
-           'tiny_efficientnet_stack', 'tiny_generic_stack', 'tiny_resnet_stack', 'tiny_t5_decoder_stack',
-           'tiny_t5_encoder_stack', 'tiny_t5_pair']
+           'stack_config', 'tiny_bert_stack', 'tiny_clip_model', 'tiny_clip_text_stack', 'tiny_clip_vision_stack',
+           'tiny_detr_decoder_stack', 'tiny_detr_encoder_stack', 'tiny_efficientnet_stack', 'tiny_generic_stack',
+           'tiny_resnet_stack', 'tiny_t5_decoder_stack', 'tiny_t5_encoder_stack', 'tiny_t5_pair']

@@ -1,5 +1,4 @@
 """tools/analysis/benchmark_tuners.py on a tiny registered model (tests/fixtures_bench)."""
-import importlib.util
 import json
 import os
 import os.path as osp
@@ -7,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from _tools import load_tool
 from mmengine.config import Config
 
 from sherl_mm.registry import TUNERS
@@ -23,10 +23,7 @@ SECOND = 'sherl' if TUNERS.get('SHERL') is not None else 'lora'
 
 
 def _load_tool():
-    spec = importlib.util.spec_from_file_location('benchmark_tuners', TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool('analysis/benchmark_tuners.py')
 
 
 bt = _load_tool()

@@ -141,11 +141,8 @@ def test_demo_deterministic(tmp_path):
 
 
 def test_demo_cli(tmp_path):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location('mkdemo', osp.join(REPO, 'tools', 'data', 'make_grounding_demo.py'))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    mod.main(['--out', str(tmp_path), '--variant', 'source', '--num-train', '2', '--num-val', '2', '--num-test', '2',
+    from _tools import load_tool
+    load_tool('data/make_grounding_demo.py').main(['--out', str(tmp_path), '--variant', 'source', '--num-train', '2', '--num-val', '2', '--num-test', '2',
               '--image-size', '64'])
     assert osp.isfile(tmp_path / 'source' / 'finetune_refcoco_testB.json')
     assert not osp.exists(tmp_path / 'target')

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -120,6 +121,25 @@ def test_backbone_runs_without_graph():
     assert len(saved) == n3     # 3 kept side layers either way; the 3 extra frozen layers save nothing
 
 
+def test_backbone_runs_without_graph_with_a_graph_input():
+    """A decoder memory that requires grad would make the frozen decoder layers record a graph
+    (and save activations per layer) if the backbone did not run under torch.no_grad()."""
+    counts = []
+    for n in (3, 6, 9):
+        stack, (qpos, memory, mask) = make('decoder', num_layers=n)
+        memory = memory.clone().requires_grad_(True)
+        tuner = LST(stack, side_width=4, dropout=0.0, drop_layers=list(range(n - 3))).train()   # 3 kept
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+            out = tuner(qpos, memory, mask)
+        assert out.frozen.grad_fn is None
+        out.hidden.pow(3).sum().backward()
+        assert all(p.grad is None for p in tuner.stack.parameters())
+        assert memory.grad is not None        # through memory_down and the side decoder layers only
+        counts.append((len(saved), sum(saved)))
+    assert counts[0] == counts[1] == counts[2], counts
+
+
 def test_mdetr_template_param_count():
     from sherl_mm.backbones.detr import DetrDecoderStack, DetrEncoderStack
     enc = LST(DetrEncoderStack(), reduction=8, feedforward_channels=256)
@@ -144,6 +164,28 @@ def test_bad_options(kind, cfg, err, match):
         LST(stack, **cfg)
 
 
+def test_out_channels_must_match_the_output_stage():
+    from sherl_mm.tuners._common import check_output_width
+    stack, batch = make('tokens')
+    # the stack's output stage (a LayerNorm over 16 channels) cannot take a 10-wide side output
+    with pytest.raises(ValueError, match=r'LST: out_channels=10 differs .* width 16.*set finalize_output=False'):
+        LST(stack, side_width=4, out_channels=10)
+    assert LST(stack, side_width=4, out_channels=10, finalize_output=False)(*batch).hidden.shape[-1] == 10
+    assert check_output_width('UniPT', 16, 16, True) == 16 and check_output_width('UniPT', None, 16, True) == 16
+    with pytest.raises(ValueError, match=r'UniPT: out_channels=8 .*finalize_output=False'):
+        check_output_width('UniPT', 8, 16, True)
+
+
+def test_decoder_memory_width_mismatch_names_memory_width():
+    stack, (qpos, memory, mask) = make('decoder')
+    tuner = LST(stack, side_width=4)                   # memory_down expects the input width, 16
+    wide = torch.randn(memory.shape[0], memory.shape[1], 12)
+    with pytest.raises(ValueError, match=r'memory width 12 != memory_width 16; set memory_width or pass side_memory'):
+        tuner(qpos, memory, mask, late_context=dict(memory=wide))
+    ok = LST(copy.deepcopy(stack), side_width=4, memory_width=12)
+    assert ok(qpos, memory, mask, late_context=dict(memory=wide)).hidden.shape[-1] == 16
+
+
 def test_decoder_without_memory():
     stack, batch = make('tokens')
     tuner = LST(stack, side_layer='decoder', side_width=4)
@@ -159,6 +201,8 @@ def test_save_load_round_trip(tmp_path, kind):
         for p in tuner.parameters():
             if p.requires_grad:
                 p.add_(torch.randn_like(p) * 0.1)
+    tuner.train()
+    tuner(*batch)                   # a training forward moves the conv side layers' BatchNorm statistics
     tuner.eval()
     ref = tuner(*batch).hidden
     path = str(tmp_path / 'lst.safetensors')
@@ -166,4 +210,11 @@ def test_save_load_round_trip(tmp_path, kind):
     fresh = LST(copy.deepcopy(stack), reduction=4)
     load_trainable(fresh, path)
     assert torch.equal(fresh.eval()(*batch).hidden, ref)
+    saved = load_file(path)
+    assert not any(k.startswith('stack.') for k in saved)          # frozen backbone tensors stay out
+    if kind == 'cnn':
+        bn = tuner.side_layers['0'].bn
+        assert bn.running_mean.abs().sum() > 0 and bn.num_batches_tracked.item() == 1
+        assert torch.equal(saved['side_layers.0.bn.running_var'], bn.running_var)
+        assert torch.equal(fresh.side_layers['0'].bn.running_mean, bn.running_mean)
     assert isinstance(fresh.side_layers['0'], (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer, nn.Module))

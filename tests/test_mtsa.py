@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sherl_mm.registry import MODELS
-from sherl_mm.tuners.mtsa import MTSA, l1norm, mtsa_param_count, redundancy
+from sherl_mm.tuners.mtsa import MTSA, l1norm, redundancy
 
 torch.set_default_dtype(torch.float32)
 
@@ -45,12 +45,57 @@ def test_t14_mdetr_block_count():
     assert sum(p.numel() for p in explicit.parameters()) == 232_450
 
 
+def t5_sherl_count_from_spec(D: int, r: int, L: int) -> int:
+    """METHOD.md §1.2 (T5 row) and §2.5: trainable parameters of one T5 stack's SHERL,
+    counted from the spec, not from the modules."""
+    d = D // r
+    down = (D * d + d) + 2 * (d * d + d)      # Eq. 1 per set: fc1 (D→d), fc2 = W' and fc3 = W (d→d), all with bias
+    fc_attn = d + 1                           # Linear_{d→1}
+    up = d * D + D                            # Linear_{d→D} after the ReLU
+    alpha = 1
+    final_side_layer_norm = D                 # new T5LayerNorm: a weight, no bias
+    return L * down + fc_attn + up + alpha + final_side_layer_norm
+
+
+T5_BASE_KEPT = [1, 2, 3, 5, 6, 7, 9, 10, 11]          # scripts/ladder_side_tuning_base.sh: blocks 0, 4, 8 dropped
+
+
 def test_t14_t5_base_count():
-    # encoder MTSA over [emb] + 9 kept layers (L=10), decoder over [emb] + 8 (L=9), both eq1 (768 -> 96), plus the
-    # two trainable final_side_layer_norm T5LayerNorm(768) (weight only).
-    enc = mtsa_param_count(768, 96, 10, variant='t5')
-    dec = mtsa_param_count(768, 96, 9, variant='t5')
-    assert enc + dec + 2 * 768 == 1_907_236
+    """SHERL on T5-base (r = 8) has 1,907,236 trainable parameters: the real tuners on
+    T5 stacks of width 768 and 12 blocks (narrow attention/FFN, tiny vocabulary: MTSA's
+    size depends on D and L only, and the stacks are frozen)."""
+    from sherl_mm.backbones import HFT5DecoderStack, HFT5EncoderStack
+    from sherl_mm.tuners import SHERL
+    torch.manual_seed(0)
+    config = dict(d_model=768, d_kv=4, d_ff=8, num_layers=12, num_decoder_layers=12, num_heads=1, vocab_size=8)
+    mtsa = dict(variant='t5', reduction=8)
+    # encoder: [embeddings] + the 9 kept blocks; the guidance / x_last is block 11, no late block
+    enc = SHERL(HFT5EncoderStack(config=config), select_layers=['input'] + T5_BASE_KEPT, num_late_layers=0,
+                mtsa=mtsa, output_norm='t5')
+    # decoder: the authors keep only the selected blocks before insert_layer = 11 (modeling_side_t5.py
+    # L1844-1848), whose output (block 10) is the guidance; block 11 is regulated
+    dec = SHERL(HFT5DecoderStack(config=config), select_layers=['input'] + [i for i in T5_BASE_KEPT if i < 11],
+                num_late_layers=1, mtsa=mtsa, output_norm='t5')
+    assert len(enc.selections[0]) == 10 and len(dec.selections[0]) == 9
+    assert dec.late_layers == [11]
+    spec_enc, spec_dec = t5_sherl_count_from_spec(768, 8, 10), t5_sherl_count_from_spec(768, 8, 9)
+    assert spec_enc + spec_dec == 1_907_236                            # METHOD.md T14
+    counts = [sum(p.numel() for p in t.parameters() if p.requires_grad) for t in (enc, dec)]
+    assert counts == [spec_enc, spec_dec]
+    assert all(p.numel() == 768 for p in enc.output_norm.parameters())   # weight only, initialised to 1
+    assert torch.equal(enc.output_norm.weight, torch.ones(768))
+
+    # the norm replaces the frozen final_layer_norm on the tuned route (eval: no dropout)
+    enc.eval(), dec.eval()
+    ids, mask = torch.randint(0, 8, (2, 3)), torch.ones(2, 3, dtype=torch.long)
+    e = enc(ids, mask)
+    rms = e.side * torch.rsqrt(e.side.pow(2).mean(-1, keepdim=True) + 1e-6)
+    assert torch.allclose(e.hidden, rms, atol=1e-6)
+    frozen_memory = enc.stack.finalize(e.frozen, {})                  # what the frozen decoder blocks read
+    d = dec(ids, mask, memory=frozen_memory, memory_attention_mask=mask, late_context=dict(memory=e.hidden))
+    (d.hidden.sum() + e.hidden.sum()).backward()
+    assert enc.output_norm.weight.grad is not None and dec.output_norm.weight.grad is not None
+    assert all(p.grad is None for t in (enc, dec) for p in t.stack.parameters())
 
 
 def test_registered_in_models():
@@ -226,6 +271,85 @@ def test_matches_reference_loop(kwargs):
     assert torch.allclose(m(feats, x), reference(m, feats, x), atol=1e-10)
     if kwargs.get('score') == 'dot':
         assert m.fc_attn is None
+
+
+def spec_reference(m: MTSA, feats, x_last):
+    """METHOD.md §1.1 steps 1-9 written directly as tensor algebra on the module's weights
+    (none of its submodules or helpers is called), for the MDETR and T5 rows of table 1.2.
+
+    feats: L tensors (B, K, D_j), the guidance last; x_last: (B, K, D). Returns (B, K, D)."""
+    P = dict(m.named_parameters())
+
+    def linear(x, name):                      # Linear_{a→b}, with bias
+        return x @ P[f'{name}.weight'].T + P[f'{name}.bias']
+
+    def layer_norm(x, name, eps):             # LN over the last axis, biased variance
+        mu = x.mean(-1, keepdim=True)
+        var = ((x - mu) ** 2).mean(-1, keepdim=True)
+        return (x - mu) / torch.sqrt(var + eps) * P[f'{name}.weight'] + P[f'{name}.bias']
+
+    eps = 1e-6                                # ε of both norms, MDETR and T5 (table 1.2)
+    mdetr = m.variant == 'mdetr'
+    # 1. unshared down-projections, one per set (guidance included)
+    if mdetr:                                 # LN_d(Linear_{D→d} h), LN eps 1e-5
+        proj = [layer_norm(linear(h, f'downs.{j}.0'), f'downs.{j}.1', 1e-5) for j, h in enumerate(feats)]
+    else:                                     # Eq. 1: F = ReLU(fc1 h), F' = σ(fc3 F) ⊙ (fc2 F + F)
+        proj = []
+        for j, h in enumerate(feats):
+            f = torch.relu(linear(h, f'downs.{j}.fc1'))
+            proj.append(torch.sigmoid(linear(f, f'downs.{j}.fc3')) * (linear(f, f'downs.{j}.fc2') + f))
+    B, K, d = proj[-1].shape
+    L = len(feats)
+    # 2. token-wise regrouping: E (BK, L-1, d) shallow sets, e (BK, 1, d) guidance
+    E = torch.stack(proj[:-1], dim=2).reshape(B * K, L - 1, d)
+    e = proj[-1].reshape(B * K, 1, d)
+    # 3. redundancy: ε added to the l2 norm, diagonal included, ReLU on the whole matrix, row sums
+    En = E / (torch.sqrt((E ** 2).sum(-1, keepdim=True)) + eps)
+    r = torch.relu(En @ En.transpose(1, 2)).sum(-1, keepdim=True)               # (BK, L-1, 1)
+    # 4. learned score w_aᵀ(E_i ⊙ e) + b_a
+    score = (E * e) @ P['fc_attn.weight'].T + P['fc_attn.bias']                 # (BK, L-1, 1)
+    # 5. weights: l1norm over the L-1 sets with +ε in the denominator
+    q = torch.relu(score) / r
+    w = q / (q.abs().sum(1, keepdim=True) + eps)
+    # 6. aggregate (MDETR: LN_d(Linear_{D→d}(ReLU(Linear_{d→D} a))))
+    a = (w * E).sum(1, keepdim=True)
+    if mdetr:
+        a = layer_norm(linear(torch.relu(linear(a, 'mlp.0')), 'mlp.2'), 'mlp.3', 1e-5)
+    # 7. residual to the query
+    e_new = (a + e).squeeze(1).reshape(B, K, d)
+    # 8. up-projection: ReLU then Linear_{d→D} (MDETR: then LN_D)
+    up = linear(torch.relu(e_new), 'up.1')
+    if mdetr:
+        up = layer_norm(up, 'up.2', 1e-5)
+    # 9. gate on the original input, T = 0.1
+    return up + torch.tanh(P['alpha'] / 0.1) * x_last
+
+
+@pytest.mark.parametrize('variant', ['mdetr', 't5'])
+def test_matches_spec_reference_outputs_and_gradients(variant):
+    """I1-style: the module against the from-spec reference, outputs and the gradients of every
+    parameter and input, float64, to 1e-6."""
+    torch.manual_seed(3)
+    m = MTSA([6, 8, 8, 8, 8], 4, 5, out_channels=8, variant=variant, alpha_init=0.07).double().train()
+    with torch.no_grad():                     # T5's N(0, 0.01) init leaves everything near 0: spread the weights
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+        m.fc_attn.bias.fill_(0.5)             # some positive scores, else m = 0 and the shallow sets get no gradient
+    g = torch.Generator().manual_seed(5)
+    feats = [torch.randn(2, 3, w, generator=g, dtype=torch.float64, requires_grad=True) for w in (6, 8, 8, 8, 8)]
+    x = torch.randn(2, 3, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    probe = torch.randn(2, 3, 8, generator=g, dtype=torch.float64)
+    wrt = list(m.parameters()) + feats + [x]
+    out, ref = m(feats, x), spec_reference(m, feats, x)
+    assert torch.allclose(out, ref, atol=1e-6, rtol=0)
+    assert (ref - ref.mean()).abs().max() > 1e-2          # a non-degenerate output
+    grads = torch.autograd.grad((out * probe).sum(), wrt)
+    grads_ref = torch.autograd.grad((ref * probe).sum(), wrt)
+    names = [n for n, _ in m.named_parameters()] + [f'feats[{j}]' for j in range(5)] + ['x_last']
+    for name, g_mod, g_ref in zip(names, grads, grads_ref):
+        assert torch.allclose(g_mod, g_ref, atol=1e-6, rtol=0), name
+    # every parameter takes part (the reference reads all of them)
+    assert all(g_ref.abs().sum() > 0 for g_ref in grads_ref[:len(list(m.parameters()))])
 
 
 # ---------------------------------------------------------------------------- variants, init, errors

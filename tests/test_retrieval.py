@@ -8,6 +8,7 @@ import os.path as osp
 import numpy as np
 import pytest
 import torch
+from _tools import load_tool
 from mmengine.registry import DefaultScope
 
 from sherl_mm.datasets import AnnotationError, KarpathyRetrievalDataset
@@ -201,18 +202,10 @@ def minilm_dir() -> str:
     return str(mod.get_model_path())
 
 
-def train_tool():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location('sherl_mm_tools_train', osp.join(REPO, 'tools', 'train.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def run_config(config: str, work_dir: str, options: dict):
     """tools/train.py CONFIG --work-dir WORK_DIR with ``options`` as --cfg-options, in this process."""
     from sherl_mm.engine import run_train
-    tool = train_tool()
+    tool = load_tool('train.py')
     args = tool.parse_args([osp.join(REPO, config), '--work-dir', work_dir])
     args.cfg_options = options
     return run_train(args)

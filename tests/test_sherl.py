@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -151,6 +152,25 @@ def test_i3_saved_tensors_do_not_grow_with_early_layers(kind):
     assert plain > counts[0][0]      # more selected sets -> more saved inputs of the down-projections only
 
 
+def test_i3_saved_tensors_do_not_grow_with_a_graph_input():
+    """With a stack input that requires grad (the cross-attention memory, e.g. a trainable encoder's
+    output), frozen early layers WOULD record a graph and save activations unless they run under
+    torch.no_grad(): without it the count grows with the number of early layers."""
+    counts = []
+    for n in (3, 5, 9):
+        stack, (qpos, memory, mask) = make('decoder', num_layers=n)
+        memory = memory.clone().requires_grad_(True)
+        tuner = SHERL(stack, select_layers=['input', 0], num_late_layers=1).train()
+        count, numel, out = count_saved(tuner, (qpos, memory, mask))
+        # a random projection: the plain sum of a LayerNorm output has zero gradient
+        (out.hidden * torch.randn(out.hidden.shape, generator=torch.Generator().manual_seed(0))).sum().backward()
+        assert all(p.grad is None for p in tuner.stack.parameters())
+        # the memory's gradient comes through the late layer's cross-attention only
+        assert memory.grad is not None and memory.grad.abs().sum() > 0
+        counts.append((count, numel))
+    assert counts[0] == counts[1] == counts[2], counts
+
+
 def test_i3_frozen_params_have_no_grad_and_early_route_has_no_graph():
     stack, (ids, pad) = make('tokens')
     tuner = SHERL(stack).train()
@@ -224,6 +244,59 @@ def test_t14_sherl_mdetr_trainable_count():
     assert all(p.grad is not None for v in tuned.values() for p in v.mtsa.parameters())
 
 
+# ---------------------------------------------------------------------------- output_norm (T5 final_side_layer_norm)
+@pytest.mark.parametrize('kind', ['t5', 'layernorm'])
+def test_output_norm_replaces_the_frozen_final_norm(kind):
+    from sherl_mm.backbones.detr import DetrDecoderStack
+    torch.manual_seed(0)
+    stack = DetrDecoderStack(num_layers=3, embed_dims=16, num_heads=2, feedforward_channels=32)
+    assert stack.output_stage == 'norm'
+    tuner = SHERL(stack, output_norm=kind, mtsa=dict(alpha_init=0.2)).train()
+    qpos, memory = torch.randn(4, 16), torch.randn(2, 6, 16)
+    out = tuner(qpos, memory)
+    out.hidden.sum().backward()
+    new = dict(tuner.output_norm.named_parameters())
+    assert sorted(new) == (['weight'] if kind == 't5' else ['bias', 'weight'])
+    assert all(p.requires_grad and p.grad is not None for p in new.values())
+    assert all(p.grad is None for p in stack.post_norm.parameters())      # the frozen final norm is not run
+    tuner.eval()
+    out = tuner(qpos, memory)
+    h = stack.run_layer(2, out.side, stack.embed(qpos, memory)[1])        # the late layer on the MTSA output
+    if kind == 't5':
+        expect = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)
+    else:
+        expect = torch.nn.functional.layer_norm(h, (16,), eps=1e-5)
+    assert torch.allclose(out.hidden, expect, atol=1e-5)
+    assert tuner.tuner_cfg['output_norm'] == kind
+
+
+def test_output_norm_on_a_stack_without_output_stage():
+    from sherl_mm.backbones.detr import DetrEncoderStack
+    stack = DetrEncoderStack(num_layers=3, embed_dims=16, num_heads=2, feedforward_channels=32)
+    assert stack.output_stage == 'identity'
+    tuner = SHERL(stack, num_late_layers=0, output_norm='layernorm', output_dropout=0.0).eval()
+    out = tuner(torch.randn(2, 5, 16))
+    assert torch.allclose(out.hidden, torch.nn.functional.layer_norm(out.side, (16,)), atol=1e-6)
+
+
+OUTPUT_STAGES = {'bert': 'identity', 't5_encoder': 'norm', 't5_decoder': 'norm', 'clip_text': 'other',
+                 'clip_vision': 'other', 'resnet': 'identity', 'efficientnet': 'other', 'generic': 'norm',
+                 'detr_encoder': 'identity', 'detr_decoder': 'norm'}
+
+
+@pytest.mark.parametrize('name', sorted(OUTPUT_STAGES))
+def test_output_stage_of_every_wrapper(name):
+    from _backbone_factories import make_stack
+    stack = make_stack(name)
+    assert stack.output_stage == OUTPUT_STAGES[name]
+    if stack.layout == 'tokens' and OUTPUT_STAGES[name] != 'other':
+        tuner = SHERL(stack, output_norm='t5')
+        assert sum(p.numel() for p in tuner.output_norm.parameters()) == stack.widths[-1]
+    else:
+        with pytest.raises(ValueError, match='output_norm'):
+            SHERL(stack, output_norm='t5')
+
+
 # ---------------------------------------------------------------------------- multi-point insertion
 def test_insert_layers_multi_point():
     stack, (ids, pad) = make('tokens', num_layers=6)
@@ -291,6 +364,9 @@ def test_late_tuner_adapter_on_cnn():
     ('tokens', dict(late_tuner=dict(type='BitFit')), ValueError, "'LoRA' or 'Adapter'"),
     ('tokens', dict(num_late_layers=0, late_tuner=dict(type='LoRA')), ValueError, 'at least one late layer'),
     ('tokens', dict(late_tuner=dict(type='LoRA', target_modules=['nothing'])), ValueError, 'matched no module'),
+    ('tokens', dict(output_norm='rms'), ValueError, 'output_norm must be None or one of'),
+    ('tokens', dict(output_norm='t5'), ValueError, "output_norm='t5' replaces the output stage"),
+    ('cnn', dict(output_norm='layernorm'), ValueError, "output_norm='layernorm' normalises tokens"),
 ])
 def test_bad_options(kind, cfg, err, match):
     stack, _ = make(kind)
@@ -325,8 +401,12 @@ def test_save_load_trainable_round_trip(tmp_path, kind):
     path = str(tmp_path / 'sherl.safetensors')
     save_trainable(tuner, path, tuner.tuner_cfg)
     fresh = SHERL(copy.deepcopy(stack), **cfg)
-    if kind == 'cnn':               # buffers are not trainable parameters: copy the side BN statistics too
-        fresh.mtsa.load_state_dict(tuner.mtsa.state_dict())
-    load_trainable(fresh, path)
+    load_trainable(fresh, path)     # the file holds the side BN running statistics too (CNN)
     fresh.eval()
     assert torch.equal(fresh(*batch).hidden, ref)
+    saved = set(load_file(path))
+    assert not any(k.startswith('stack.') and '.lora.' not in k for k in saved), saved   # no frozen stack tensor
+    if kind == 'cnn':
+        assert {'mtsa.0.downs.0.bn.running_mean', 'mtsa.0.up.1.running_var'} <= saved
+        assert torch.equal(fresh.mtsa[0].up[1].running_mean, tuner.mtsa[0].up[1].running_mean)
+        assert tuner.stack.stem[1].running_mean.abs().sum() == 0      # the stack's own BN stayed frozen

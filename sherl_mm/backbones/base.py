@@ -84,6 +84,16 @@ class BackboneStack(BaseModule):
         """Run the output stage (e.g. a final LayerNorm)."""
         return hidden
 
+    @property
+    def output_stage(self) -> str:
+        """What :meth:`finalize` does, for a tuner that puts a trainable norm
+        in place of the frozen output stage (SHERL ``output_norm``):
+        ``'identity'`` (nothing), ``'norm'`` (a final normalisation, at most
+        followed by dropout) or ``'other'`` (more than that, e.g. pooling and a
+        projection, which a norm cannot replace). Stacks that override
+        :meth:`finalize` with a plain final norm declare ``'norm'``."""
+        return 'identity' if type(self).finalize is BackboneStack.finalize else 'other'
+
     def check_layer_index(self, index: int, option: str) -> int:
         """Return ``index`` (negative counts from the end) or raise naming ``option``."""
         n = self.num_layers

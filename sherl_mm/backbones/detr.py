@@ -160,5 +160,8 @@ class DetrDecoderStack(PretrainedStack):
     def finalize(self, hidden: Tensor, context: dict) -> Tensor:
         return self.post_norm(hidden)
 
+    #: finalize is the final LayerNorm only (see BackboneStack.output_stage)
+    output_stage = 'norm'
+
 
 __all__ = ['DetrDecoderStack', 'DetrEncoderStack']

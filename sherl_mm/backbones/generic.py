@@ -266,5 +266,14 @@ class ModuleListStack(PretrainedStack):
             return hidden
         return self.module.get_submodule(self.output_module)(hidden)
 
+    @property
+    def output_stage(self) -> str:
+        # judged by the class name of output_module (LayerNorm, RMSNorm, T5LayerNorm ...): the wrapper
+        # cannot know what an arbitrary module computes
+        if self.output_module is None:
+            return 'identity'
+        name = type(self.module.get_submodule(self.output_module)).__name__
+        return 'norm' if name.endswith('Norm') else 'other'
+
 
 __all__ = ['ModuleListStack']

@@ -308,6 +308,9 @@ class _T5StackBase(_TokenizerMixin, PretrainedStack):
     def finalize(self, hidden: Tensor, context: dict) -> Tensor:
         return self.t5.dropout(self.t5.final_layer_norm(hidden))
 
+    #: finalize is final_layer_norm + dropout only (see BackboneStack.output_stage)
+    output_stage = 'norm'
+
 
 @BACKBONES.register_module()
 class HFT5EncoderStack(_T5StackBase):

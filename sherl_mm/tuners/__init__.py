@@ -1,6 +1,6 @@
 """Transfer-learning methods, one file per method, registered in TUNERS."""
 from .base import (BaseTuner, build_tuned_stacks, load_trainable, parameter_report, print_trainable_parameters,
-                   save_trainable, trainable_parameters)
+                   save_trainable, trainable_parameters, tuner_buffers)
 # PETL baselines (one file per method)
 from .adapter import Adapter, BottleneckAdapter, inject_adapters, remove_adapters
 from .bitfit import BitFit
@@ -10,7 +10,7 @@ from .lora import LoRA, inject_lora, merge_lora, remove_lora, unmerge_lora
 from .prompt import PromptTuning, prepend_tokens, strip_tokens
 
 __all__ = ['BaseTuner', 'build_tuned_stacks', 'load_trainable', 'parameter_report', 'print_trainable_parameters',
-           'save_trainable', 'trainable_parameters']
+           'save_trainable', 'trainable_parameters', 'tuner_buffers']
 __all__ += ['Adapter', 'BitFit', 'BottleneckAdapter', 'FullFineTune', 'LinearProbe', 'LoRA', 'PromptTuning',
             'inject_adapters', 'inject_lora', 'merge_lora', 'prepend_tokens', 'remove_adapters', 'remove_lora',
             'strip_tokens', 'unmerge_lora']

@@ -72,10 +72,51 @@ def print_trainable_parameters(module: nn.Module) -> None:
     print(parameter_report(module))
 
 
+def _frozen_stack_module_ids(module: nn.Module) -> set[int]:
+    """Ids of the modules of every frozen stack under ``module`` (the
+    ``stack`` of a tuner that does not train its backbone), except the
+    modules a tuner injected into that stack (LoRA deltas, adapters)."""
+    from ._common import injected_module_ids   # _common imports this file
+    ids: set[int] = set()
+    for m in module.modules():
+        if isinstance(m, BaseTuner) and not m.trains_backbone:
+            ids.update(id(sub) for sub in m.stack.modules())
+            ids.difference_update(injected_module_ids(m.stack))
+    return ids
+
+
+def tuner_buffers(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The persistent buffers that belong to the tuner(s) in ``module``
+    (e.g. the running statistics of MTSA's or LST's side BatchNorms), by
+    their state-dict name.
+
+    Buffers of a frozen stack (``<tuner>.stack.*``, the pre-trained network)
+    are left out: they come with the pre-trained weights and do not change in
+    training (``norm_eval``). Buffers of modules injected into a stack, and a
+    stack's buffers under a tuner that trains the backbone (full fine-tuning),
+    are included, since training changes them.
+    """
+    frozen = _frozen_stack_module_ids(module)
+    # state_dict() holds only persistent buffers, under every name a shared module has
+    persistent = set(module.state_dict(keep_vars=True))
+    buffers: dict[str, torch.Tensor] = {}
+    for mod_name, m in module.named_modules():
+        if id(m) in frozen:
+            continue
+        for buf_name, buf in m.named_buffers(recurse=False):
+            name = f'{mod_name}.{buf_name}' if mod_name else buf_name
+            if buf is not None and name in persistent:
+                buffers[name] = buf
+    return buffers
+
+
 def save_trainable(module: nn.Module, path: str, config: Mapping | None = None) -> None:
-    """Save only the trainable parameters of ``module`` (plus its config as
-    metadata) to a safetensors file; the write is atomic (temp file + rename)."""
+    """Save only the tuner's own weights of ``module``: its trainable
+    parameters and its buffers (:func:`tuner_buffers`; without them a side
+    BatchNorm would reload with fresh running statistics), plus its config as
+    metadata, to a safetensors file; the write is atomic (temp file + rename)."""
     tensors = {name: p.detach().contiguous().cpu() for name, p in trainable_parameters(module).items()}
+    tensors.update({name: b.detach().contiguous().cpu() for name, b in tuner_buffers(module).items()})
     metadata = {'sherl_mm_config': json.dumps(dict(config or {}), default=str)}
     tmp = f'{path}.tmp'
     save_file(tensors, tmp, metadata=metadata)
@@ -86,12 +127,12 @@ def load_trainable(module: nn.Module, path: str) -> None:
     """Load weights saved by :func:`save_trainable` into a freshly built ``module``.
 
     Raises a ``KeyError`` naming ``path`` and the keys at fault when the file
-    does not match the module's trainable parameters.
+    does not match the module's trainable parameters and tuner buffers.
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f'tuner weights file not found: {path}')
     tensors = load_file(path)
-    expected = trainable_parameters(module)
+    expected: dict[str, torch.Tensor] = {**trainable_parameters(module), **tuner_buffers(module)}
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:
@@ -113,8 +154,10 @@ def build_tuned_stacks(stacks: Mapping[str, BackboneStack], tuner: dict | None,
     ``tuner`` is a TUNERS config; its optional ``targets`` key names the
     stacks it applies to (default ``default_targets``) and ``per_stack`` maps
     a stack name to options that override the shared ones for that stack.
-    Stacks not targeted are wrapped in the frozen :class:`BaseTuner`, except
-    under a tuner that trains the backbone, which then trains every stack.
+    Stacks not targeted are wrapped in the frozen :class:`BaseTuner`. A tuner
+    that trains the backbone (full fine-tuning) trains every stack unless
+    ``targets`` is given explicitly (e.g. ``targets=['encoder', 'decoder']``
+    trains the transformer around frozen pre-trained encoders).
 
     Example::
 
@@ -123,6 +166,7 @@ def build_tuned_stacks(stacks: Mapping[str, BackboneStack], tuner: dict | None,
                                   decoder=dict(select_layers=[0, 2, 3, 4], num_late_layers=1)))
     """
     cfg = copy.deepcopy(dict(tuner or dict(type='LinearProbe')))
+    explicit_targets = 'targets' in cfg
     targets = tuple(cfg.pop('targets', default_targets))
     per_stack = cfg.pop('per_stack', {}) or {}
     for name in list(targets) + list(per_stack):
@@ -134,7 +178,7 @@ def build_tuned_stacks(stacks: Mapping[str, BackboneStack], tuner: dict | None,
                        f'registered tuners: {sorted(TUNERS.module_dict)}')
     wrapped = nn.ModuleDict()
     for name, stack in stacks.items():
-        if name in targets or tuner_cls.trains_backbone:
+        if name in targets or (tuner_cls.trains_backbone and not explicit_targets):
             stack_cfg = {**cfg, **per_stack.get(name, {})}
             wrapped[name] = TUNERS.build(stack_cfg, default_args=dict(stack=stack))
         else:
@@ -143,4 +187,4 @@ def build_tuned_stacks(stacks: Mapping[str, BackboneStack], tuner: dict | None,
 
 
 __all__ = ['BaseTuner', 'build_tuned_stacks', 'load_trainable', 'parameter_report',
-           'print_trainable_parameters', 'save_trainable', 'trainable_parameters']
+           'print_trainable_parameters', 'save_trainable', 'trainable_parameters', 'tuner_buffers']

@@ -19,9 +19,9 @@ class FullFineTune(BaseTuner):
             (regex / names / suffixes / predicate, matched as LoRA's
             ``target_modules``), e.g. ``['embeddings']``. Default: none.
 
-    Note: :func:`save_trainable` writes parameters only; the running statistics
-    of BatchNorm layers (buffers) also change under full fine-tuning, so save a
-    full checkpoint (mmengine's CheckpointHook) for networks that have them.
+    Note: the running statistics of BatchNorm layers (buffers) also change
+    under full fine-tuning; :func:`save_trainable` therefore writes the
+    stack's buffers with its parameters for this tuner.
     """
 
     trains_backbone = True

@@ -52,6 +52,8 @@ from .feature_cache import EarlyRouteCache, weight_digests
 from .mtsa import MTSA, VARIANTS
 
 INPUT = 'input'
+#: values of SHERL's ``output_norm`` option besides None
+OUTPUT_NORMS = ('t5', 'layernorm')
 
 
 def _stack_widths(stack: BackboneStack, tuner: str) -> tuple[int, list[int]]:
@@ -126,6 +128,16 @@ class SHERL(FrozenStackTuner):
             ``dict(type='LoRA', rank=..., alpha=..., target_modules=...)`` or
             ``dict(type='Adapter', dim=... | reduction=..., target_modules=...)``;
             without ``target_modules`` an Adapter goes after each late layer.
+        output_norm: a new trainable norm on the tuned route's output, in
+            place of the stack's frozen output stage (the authors' T5 SHERL,
+            METHOD.md §2.5: ``Dropout(final_side_layer_norm(h))``, a new
+            T5LayerNorm initialised to 1). ``None`` (default): the stack's own
+            output stage. ``'t5'``: T5LayerNorm, i.e. RMS norm with a weight
+            and no bias, eps 1e-6 (``D`` parameters). ``'layernorm'``:
+            ``LN_D``, eps 1e-5 (``2 D``). Needs a token stack whose output stage
+            is a final norm (+ dropout), which it replaces (T5 stacks, the DETR
+            decoder), or nothing (BERT, the DETR encoder).
+        output_dropout: dropout after ``output_norm`` (T5: ``dropout_rate`` 0.1).
         norm_eval: keep the stack's BatchNorm statistics frozen in training.
         feature_cache: opt-in on-disk cache of the early route, used for the
             calls that carry sample keys: ``dict(dir=..., pipeline_fingerprint=
@@ -139,7 +151,8 @@ class SHERL(FrozenStackTuner):
     def __init__(self, stack: BackboneStack | dict, num_late_layers: int | None = None,
                  select_layers: Sequence[int | str] | None = None, use_input: bool | None = None,
                  insert_layers: Sequence[int] | None = None, mtsa: dict | None = None,
-                 late_tuner: dict | None = None, norm_eval: bool = True, feature_cache: dict | None = None,
+                 late_tuner: dict | None = None, output_norm: str | None = None, output_dropout: float = 0.1,
+                 norm_eval: bool = True, feature_cache: dict | None = None,
                  init_cfg: dict | None = None) -> None:
         super().__init__(stack, norm_eval=norm_eval, init_cfg=init_cfg)
         stack = self.stack
@@ -147,7 +160,8 @@ class SHERL(FrozenStackTuner):
         self.tuner_cfg = dict(type='SHERL', num_late_layers=num_late_layers,
                               select_layers=None if select_layers is None else list(select_layers),
                               use_input=use_input, insert_layers=None if insert_layers is None else list(insert_layers),
-                              mtsa=copy.deepcopy(mtsa), late_tuner=copy.deepcopy(late_tuner))
+                              mtsa=copy.deepcopy(mtsa), late_tuner=copy.deepcopy(late_tuner),
+                              output_norm=output_norm, output_dropout=output_dropout)
         if n < 1:
             raise ValueError(f'SHERL: {type(stack).__name__} has no layers')
         self.points = self._insertion_points(n, num_late_layers, insert_layers)
@@ -203,6 +217,7 @@ class SHERL(FrozenStackTuner):
         self.late_targeted: list[str] = []
         if late_tuner is not None:
             self._build_late_tuner(dict(late_tuner))
+        self.output_norm, self.output_dropout = self._build_output_norm(output_norm, output_dropout, widths[-1])
         self.feature_cache_cfg = self._check_cache_cfg(feature_cache)
         # opened on first use: the fingerprint must see the weights loaded after construction
         self.feature_cache: EarlyRouteCache | None = None
@@ -270,6 +285,33 @@ class SHERL(FrozenStackTuner):
         if not self.late_targeted:
             raise ValueError(f'SHERL: late_tuner {kind} with target_modules={targets!r} matched no module in the '
                              f'late layers {self.late_layers}')
+
+    def _build_output_norm(self, kind: str | None, dropout: float, width: int
+                           ) -> tuple[nn.Module | None, nn.Module | None]:
+        """``(norm, dropout)`` modules of the ``output_norm`` option, or ``(None, None)``."""
+        if kind is None:
+            return None, None
+        if kind not in OUTPUT_NORMS:
+            raise ValueError(f'SHERL: output_norm must be None or one of {OUTPUT_NORMS}, got {kind!r}')
+        name = type(self.stack).__name__
+        if self.stack.layout == 'feature_map':
+            raise ValueError(f'SHERL: output_norm={kind!r} normalises tokens (B, K, D), but {name} yields '
+                             f'feature maps; use output_norm=None')
+        if self.stack.output_stage not in ('identity', 'norm'):
+            raise ValueError(f'SHERL: output_norm={kind!r} replaces the output stage of the stack, which for {name} '
+                             f'is more than a final norm (output_stage={self.stack.output_stage!r}); use '
+                             f'output_norm=None')
+        # a new module, initialised as the authors' final_side_layer_norm (weight 1, no bias for T5); it is not
+        # under ``stack``, so it trains and save_trainable keeps it
+        norm = nn.RMSNorm(width, eps=1e-6) if kind == 't5' else nn.LayerNorm(width, eps=1e-5)
+        return norm, nn.Dropout(float(dropout))
+
+    def _output_stage(self, hidden: Tensor, context: dict) -> Tensor:
+        """The stack's output stage, or ``Dropout(output_norm(hidden))`` in its place."""
+        if self.output_norm is None:
+            return self.stack.finalize(hidden, context)
+        # the stack's own output stage is nothing or its frozen final norm (+ dropout): replaced, not stacked
+        return self.output_dropout(self.output_norm(hidden))
 
     @staticmethod
     def _check_cache_cfg(cfg: dict | None) -> dict | None:
@@ -393,7 +435,7 @@ class SHERL(FrozenStackTuner):
                     saved[i] = hidden
                 if return_intermediates:
                     intermediates.append(hidden)
-        return StackOutput(hidden=stack.finalize(hidden, late_ctx), frozen=frozen, side=side,
+        return StackOutput(hidden=self._output_stage(hidden, late_ctx), frozen=frozen, side=side,
                            intermediates=intermediates if return_intermediates else None)
 
 
