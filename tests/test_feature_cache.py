@@ -13,8 +13,9 @@ from torch import nn
 sys.path.insert(0, os.path.dirname(__file__))
 from _toy_stacks import ToyDecoderStack, ToyTokenStack, decoder_batch  # noqa: E402
 
-from sherl_mm.hooks import EarlyRouteCacheHook, batch_sample_keys  # noqa: E402
-from sherl_mm.tuners import SHERL  # noqa: E402
+from sherl_mm.datasets import GROUNDING_META_KEYS  # noqa: E402
+from sherl_mm.hooks import batch_sample_keys  # noqa: E402
+from sherl_mm.tuners import SHERL, BaseTuner, LoRA  # noqa: E402
 from sherl_mm.tuners.feature_cache import MANIFEST  # noqa: E402
 
 N, LENGTH, BATCH = 10, 6, 4
@@ -32,9 +33,10 @@ def dataset():
 def build(cache_dir=None, stack_seed=0, pipeline='toy-v1', **cache_kw):
     torch.manual_seed(stack_seed)
     stack = ToyTokenStack(num_layers=4)
-    cache = None if cache_dir is None else dict(dir=str(cache_dir), pipeline_fingerprint=pipeline, **cache_kw)
     torch.manual_seed(1)                     # MTSA and head start alike whatever the stack seed
-    tuner = SHERL(stack, select_layers=['input', 0, 1], feature_cache=cache)
+    tuner = SHERL(stack, select_layers=['input', 0, 1])
+    if cache_dir is not None:
+        tuner.enable_feature_cache(str(cache_dir), pipeline, **cache_kw)
     return tuner, nn.Linear(16, 3)
 
 
@@ -100,7 +102,8 @@ def test_cached_route_matches_eval_route(tmp_path):
 
 def test_decoder_context_is_cached(tmp_path):
     torch.manual_seed(0)
-    tuner = SHERL(ToyDecoderStack(), feature_cache=dict(dir=str(tmp_path), pipeline_fingerprint='dec')).eval()
+    tuner = SHERL(ToyDecoderStack()).eval()
+    tuner.enable_feature_cache(str(tmp_path), 'dec')
     query_pos, memory, mask = decoder_batch()
     expect = tuner(query_pos, memory, mask).hidden
     tuner(query_pos, memory, mask, sample_keys=['a', 'b'])
@@ -118,20 +121,20 @@ def fill(tuner, keys=(0, 1)):
 
 def test_foreign_cache_is_refused_and_rebuilt(tmp_path):
     fill(build(tmp_path)[0])
-    other_weights, _ = build(tmp_path, stack_seed=7)
     with pytest.raises(RuntimeError, match=r'(?s)built for another model.*frozen early-route weights.*embed_tokens'):
-        fill(other_weights)
-    other_pipeline, _ = build(tmp_path, pipeline='toy-v2')
+        build(tmp_path, stack_seed=7)
     with pytest.raises(RuntimeError, match=r"pipeline fingerprint: cache 'toy-v1', now 'toy-v2'"):
-        fill(other_pipeline)
+        build(tmp_path, pipeline='toy-v2')
     with pytest.raises(RuntimeError, match=str(tmp_path)):
-        fill(build(tmp_path, pipeline='toy-v2')[0])
+        build(tmp_path, pipeline='toy-v2')
+    (tmp_path / 'notes.txt').write_text('the user keeps this')
     rebuilt, _ = build(tmp_path, pipeline='toy-v2', rebuild_stale=True)
     fill(rebuilt, keys=[3])
     assert len(rebuilt.feature_cache) == 1
     with open(tmp_path / MANIFEST) as f:
         assert json.load(f)['parts']['pipeline'] == 'toy-v2'
     fill(build(tmp_path, pipeline='toy-v2')[0], keys=[3])   # the rebuilt cache is accepted
+    assert (tmp_path / 'notes.txt').read_text() == 'the user keeps this'   # rebuilding removes only cache files
 
 
 def test_late_layer_weights_are_not_fingerprinted(tmp_path):
@@ -163,32 +166,101 @@ def test_uncachable_calls_raise(tmp_path):
     ids, pad, _ = dataset()
     with pytest.raises(ValueError, match='return_intermediates'):
         tuner(ids[:2], pad[:2], sample_keys=[0, 1], return_intermediates=True)
-    with pytest.raises(ValueError, match='feature_cache is not configured'):
+    with pytest.raises(ValueError, match='the feature cache is not enabled'):
         build()[0](ids[:2], pad[:2], sample_keys=[0, 1])
-    with pytest.raises(ValueError, match='pipeline_fingerprint'):
+    with pytest.raises(ValueError, match='non-empty pipeline string'):
         build(tmp_path, pipeline='')
+    with pytest.raises(ValueError, match='cache_route is None'):
+        LoRA(ToyTokenStack(num_layers=2)).enable_feature_cache(str(tmp_path / 'lora'), 'toy')
     tuner.stack.embed = lambda i, p: (tuner.stack.embed_tokens(i), {'key_padding_mask': p, 'spans': [(0, 1)]})
     with pytest.raises(TypeError, match="context entry 'spans' is a list, which cannot be cached"):
         tuner(ids[:2], pad[:2], sample_keys=[0, 1])
 
 
-def test_hook_sets_keys_in_training_only(tmp_path):
-    tuner, _ = build(tmp_path)
-    runner = SimpleNamespace(model=nn.ModuleDict(dict(encoder=tuner, other=build()[0])))
-    hook = EarlyRouteCacheHook(key='sample_idx')
-    hook.before_train(runner)
-    assert hook.modules == [tuner]
-    samples = [SimpleNamespace(metainfo=dict(sample_idx=i)) for i in (4, 5)]
-    hook.before_train_iter(runner, 0, dict(inputs=None, data_samples=samples))
-    assert tuner.sample_keys == [4, 5]
+def test_frozen_stack_output_is_cached(tmp_path):
+    """A frozen stack (BaseTuner, e.g. a model's image backbone) caches its
+    whole output; the stack is not run for a cached batch."""
+    torch.manual_seed(0)
+    frozen = BaseTuner(ToyTokenStack(num_layers=3)).eval()
     ids, pad, _ = dataset()
-    tuner(ids[4:6], pad[4:6])
-    hook.after_train_iter(runner, 0)
-    assert tuner.sample_keys is None
-    hook.after_train_epoch(runner)
-    assert os.path.isfile(tmp_path / MANIFEST) and len(tuner.feature_cache) == 2
+    with torch.no_grad():        # what the cache computes: eval mode, no graph
+        expect = frozen(ids[:4], pad[:4]).hidden
+    frozen.enable_feature_cache(str(tmp_path), 'toy')
+    calls = []
+    frozen.stack.layers[0].register_forward_hook(lambda *_: calls.append(1))
+    first = frozen(ids[:4], pad[:4], sample_keys=[0, 1, 2, 3]).hidden
+    again = frozen(ids[[2, 0]], pad[[2, 0]], sample_keys=[2, 0]).hidden
+    assert torch.equal(first, expect) and torch.equal(again, expect[[2, 0]]) and len(calls) == 1
+    assert frozen(ids[:4], pad[:4]).hidden.requires_grad is False    # without keys: the plain route, as before
+
+
+def test_batch_sample_keys():
+    samples = [SimpleNamespace(metainfo=dict(sample_idx=i)) for i in (4, 5)]
+    assert batch_sample_keys(dict(inputs=None, data_samples=samples), 'sample_idx') == [4, 5]
     assert batch_sample_keys(dict(sample_idx=torch.tensor([7, 8])), 'sample_idx') == [7, 8]
     with pytest.raises(KeyError, match="no 'img_id' in its metainfo"):
         batch_sample_keys(dict(data_samples=samples), 'img_id')
-    with pytest.raises(ValueError, match='no SHERL stack with feature_cache'):
-        EarlyRouteCacheHook().before_train(SimpleNamespace(model=build()[0]))
+
+
+# ------------------------------------------------------------------ through the Runner (EarlyRouteCacheHook)
+from test_grounding_tools import REPO, data_options, tiny_model_options, tiny_refcoco  # noqa: E402,F401
+
+
+def cached_run(root, work_dir, cache: bool, epochs: int = 3, pipeline=None, **hook):
+    """configs/sherl_mdetr_refcoco.py at tiny size without dropout, trained by
+    tools/train.py on a deterministic (fixed-size) pipeline, with or without
+    EarlyRouteCacheHook; returns the runner."""
+    from mmengine.config import Config
+
+    from _tools import load_tool
+    from sherl_mm.engine import run_train
+    cfg_path = os.path.join(REPO, 'configs', 'sherl_mdetr_refcoco.py')
+    cfg = Config.fromfile(cfg_path)
+    tiny_model_options(cfg)
+    cfg.model.text_encoder.config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    for name in ('encoder', 'decoder'):
+        cfg.model[name].dropout = 0.0
+    cfg.model.update(text_dropout=0.0, text_padding='max_length')
+    options = data_options(root)
+    fixed = options['val_dataloader']['dataset']['pipeline']
+    options['train_dataloader']['dataset']['pipeline'] = pipeline or fixed
+    options.update({'model': dict(_delete_=True, **cfg.model.to_dict()), 'train_cfg.max_epochs': epochs,
+                    'train_cfg.val_interval': epochs, 'randomness': dict(seed=0),
+                    'custom_hooks': [dict(type='EarlyRouteCacheHook', **hook)] if cache else []})
+    args = load_tool('train.py').parse_args([cfg_path, '--work-dir', str(work_dir)])
+    args.cfg_options = options
+    return run_train(args)
+
+
+def trainable_state(runner):
+    return {n: p.detach().clone() for n, p in runner.model.named_parameters() if p.requires_grad}
+
+
+def test_hook_trains_the_same_weights_as_without_cache(tiny_refcoco, tmp_path):
+    plain = trainable_state(cached_run(tiny_refcoco, tmp_path / 'plain', cache=False))
+    runner = cached_run(tiny_refcoco, tmp_path / 'cached', cache=True)
+    cached = trainable_state(runner)
+    assert plain.keys() == cached.keys() and any('mtsa' in n for n in plain)
+    for name, value in plain.items():
+        torch.testing.assert_close(cached[name], value, rtol=0, atol=1e-5, msg=name)
+    for stack in ('image', 'text', 'encoder', 'decoder'):
+        with open(tmp_path / 'cached' / 'feature_cache' / f'stacks.{stack}' / MANIFEST) as f:
+            assert sum(len(keys) for keys in json.load(f)['shards'].values()) == 8    # every training sample
+
+
+def test_hook_refuses_a_random_pipeline(tiny_refcoco, tmp_path):
+    from mmengine.config import Config
+    demo = Config.fromfile(os.path.join(REPO, 'configs', '_base_', 'datasets', 'grounding_demo.py'))
+    with pytest.raises(ValueError, match=r"train_dataloader\.dataset\.pipeline\[2\] is 'RandomChoiceResize'"):
+        cached_run(tiny_refcoco, tmp_path, cache=True, epochs=1, pipeline=demo.train_pipeline)
+
+
+def test_hook_refuses_a_cache_of_another_pipeline_and_rebuilds_on_request(tiny_refcoco, tmp_path):
+    cached_run(tiny_refcoco, tmp_path, cache=True, epochs=1, stacks=['image'])
+    other = [dict(type='LoadImageFromFile'), dict(type='LoadAnnotations', with_bbox=True),
+             dict(type='Resize', scale=(64, 64), keep_ratio=True), dict(type='Pad', size=(64, 64)),
+             dict(type='PackDetInputs', meta_keys=GROUNDING_META_KEYS)]
+    with pytest.raises(RuntimeError, match=r'(?s)stacks\.image was built for another model or data pipeline.*'
+                                           r'pipeline fingerprint'):
+        cached_run(tiny_refcoco, tmp_path, cache=True, epochs=1, pipeline=other, stacks=['image'])
+    cached_run(tiny_refcoco, tmp_path, cache=True, epochs=1, pipeline=other, stacks=['image'], rebuild_stale=True)

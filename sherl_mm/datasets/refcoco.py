@@ -30,7 +30,8 @@ mmdet's own ``MDETRStyleRefCocoDataset`` is evaluation-only (it drops
 * ``text`` (the caption), ``tokens_positive`` (one span list per instance),
   ``tokens_negative``, ``dataset_name``, ``split`` and ``ref_bbox`` (the
   first instance's box, xyxy in ORIGINAL image pixels: what
-  :class:`sherl_mm.evaluation.RefExpAccuracy` scores against).
+  :class:`sherl_mm.evaluation.RefExpAccuracy` scores against);
+* ``sample_idx`` (set by mmengine's dataset: the key of the feature cache).
 
 ``PackDetInputs(meta_keys=GROUNDING_META_KEYS)`` puts these into the
 ``DetDataSample`` metainfo.
@@ -50,7 +51,7 @@ from .karpathy import AnnotationError, load_json
 
 #: Metainfo the grounding model and metric read, for ``PackDetInputs``.
 GROUNDING_META_KEYS = ('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor', 'pad_shape', 'text',
-                       'tokens_positive', 'dataset_name', 'split', 'ref_bbox')
+                       'tokens_positive', 'dataset_name', 'split', 'ref_bbox', 'sample_idx')
 
 _SPLIT_RE = re.compile(r'_(train|val|testA|testB|test)\.json$')
 

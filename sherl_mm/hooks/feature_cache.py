@@ -1,26 +1,42 @@
-"""Feeds per-sample keys to SHERL's early-route feature cache in training.
+"""Train from a cache of the model's frozen routes (beyond the paper).
 
-Before each training iteration the hook reads one key per sample from the
-data batch and sets it as ``sample_keys`` on every SHERL module of the model
-that has a ``feature_cache``; after the iteration it clears them, so that
-validation and testing never touch the cache (their sample indices would
-collide with the training set's). After each training epoch, and when
-training ends, it commits the caches (writes their manifests).
-
-Keys come from ``data_batch[key]`` (a list or 1-D tensor) when the batch has
-that entry, else from each data sample's metainfo (``data_samples[i].<key>``,
-e.g. ``sample_idx`` or ``question_id``; the pack transform must keep it in
-its ``meta_keys``). They must identify a sample uniquely in the training set.
+With a deterministic training pipeline the frozen parts of a PETL model give
+the same outputs every epoch: a frozen image backbone or text encoder (its
+whole output), SHERL's early route (the input stage and the layers before
+MTSA). :class:`EarlyRouteCacheHook` turns on the feature cache of those
+tuners (:mod:`sherl_mm.tuners.feature_cache`): the first epoch computes and
+stores their outputs per sample, later epochs read them instead of running
+the frozen layers. Validation and testing never use the cache.
 
 Config::
 
-    model = dict(..., tuner=dict(type='SHERL', feature_cache=dict(
-        dir='work_dirs/cache/encoder', pipeline_fingerprint='vqav2-train-resize384-v1')))
-    custom_hooks = [dict(type='EarlyRouteCacheHook', key='sample_idx')]
+    custom_hooks = [dict(type='EarlyRouteCacheHook')]               # every cacheable stack
+    custom_hooks = [dict(type='EarlyRouteCacheHook', stacks=['image'])]
+
+What the cache is keyed by, and when it is refused:
+
+* per sample: ``data_batch[key]`` or each data sample's metainfo ``key``
+  (default ``sample_idx``, which mmengine's datasets set; the pack transform
+  must keep it in its ``meta_keys``);
+* per model and data: the frozen weights the route reads, the route itself,
+  the frozen weights computed before it (projections, other stacks) and a
+  hash of the training dataset's config (type, files, pipeline). A cache
+  built with any of them different is refused with what differs, or rebuilt
+  with ``rebuild_stale=True``;
+* a training pipeline with a random transform (``Random*``, photometric
+  distortions, mixing) is refused before anything is cached, as is
+  distributed training (one process writes the cache).
+
+Caches live in ``{work_dir}/feature_cache/<module name>/`` (or ``dir``), one
+per tuner, as memory-mapped safetensors shards with an atomically written
+manifest, so an interrupted run keeps what its last finished epoch stored.
 """
 from __future__ import annotations
 
-from typing import Any
+import hashlib
+import json
+import os.path as osp
+from typing import Any, Sequence
 
 from mmengine.dist import get_world_size
 from mmengine.hooks import Hook
@@ -28,14 +44,66 @@ from mmengine.model import is_model_wrapper
 from torch import Tensor, nn
 
 from sherl_mm.registry import HOOKS
-from sherl_mm.tuners.sherl import SHERL
+from sherl_mm.tuners.base import BaseTuner
+from sherl_mm.tuners.feature_cache import tensor_digest
+
+#: transform types that change a sample from one epoch to the next
+RANDOM_TRANSFORMS = ('PhotoMetricDistortion', 'ColorJitter', 'AutoAugment', 'RandAugment', 'Mosaic', 'MixUp',
+                     'CutOut', 'Albu', 'YOLOXHSVRandomAug', 'CopyPaste')
 
 
-def cached_sherl_modules(model: nn.Module) -> list[SHERL]:
-    """Every SHERL module of ``model`` configured with a feature cache."""
+def cacheable_tuners(model: nn.Module, stacks: Sequence[str] | None = None) -> dict[str, BaseTuner]:
+    """``{module name: tuner}`` of every tuner in ``model`` whose route has a
+    frozen part to cache; with ``stacks``, those whose name is or ends with
+    one of them (e.g. ``'image'`` for ``stacks.image``)."""
     if is_model_wrapper(model):
         model = model.module
-    return [m for m in model.modules() if isinstance(m, SHERL) and m.feature_cache_cfg is not None]
+    found = {name: m for name, m in model.named_modules() if isinstance(m, BaseTuner) and m.cache_route}
+    if stacks is None:
+        return found
+    chosen = {}
+    for wanted in stacks:
+        matched = {n: m for n, m in found.items() if n == wanted or n.endswith('.' + wanted)}
+        if not matched:
+            raise ValueError(f'EarlyRouteCacheHook: stacks={list(stacks)!r}: {wanted!r} is not a cacheable stack of '
+                             f'the model; cacheable: {sorted(found)} (frozen stacks and SHERL stacks)')
+        chosen.update(matched)
+    return chosen
+
+
+def check_deterministic_pipeline(dataset: Any, where: str = 'train_dataloader.dataset') -> None:
+    """Raise naming the config key of the first random transform in a
+    dataset config (nested datasets and transform lists included)."""
+    if isinstance(dataset, dict):
+        kind = str(dataset.get('type', ''))
+        name = kind.rsplit('.', 1)[-1]
+        if where.rsplit('.', 1)[-1].startswith('pipeline') and (name.startswith('Random') or
+                                                                  name in RANDOM_TRANSFORMS):
+            raise ValueError(f'EarlyRouteCacheHook: {where} is {kind!r}, a random transform: the frozen route would '
+                             f'see other inputs every epoch, so its outputs cannot be cached. Use a deterministic '
+                             f'training pipeline (e.g. the test pipeline) or drop the hook')
+        for key, value in dataset.items():
+            check_deterministic_pipeline(value, f'{where}.{key}')
+    elif isinstance(dataset, (list, tuple)):
+        for i, value in enumerate(dataset):
+            check_deterministic_pipeline(value, f'{where}[{i}]')
+
+
+def dataset_fingerprint(dataset_cfg: Any) -> str:
+    """A hash of the training dataset's config (type, data root, files, pipeline)."""
+    text = json.dumps(dataset_cfg, sort_keys=True, default=str)
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def upstream_digest(model: nn.Module, tuner: nn.Module) -> str:
+    """A hash of every frozen parameter of ``model`` outside ``tuner``: what
+    may feed the tuner's inputs (input projections, other stacks)."""
+    own = {id(p) for p in tuner.parameters()}
+    h = hashlib.blake2b(digest_size=16)
+    for name, param in model.named_parameters():
+        if not param.requires_grad and id(param) not in own:
+            h.update(f'{name}:{tensor_digest(param)};'.encode())
+    return h.hexdigest()
 
 
 def batch_sample_keys(data_batch: Any, key: str) -> list[Any]:
@@ -59,46 +127,63 @@ def batch_sample_keys(data_batch: Any, key: str) -> list[Any]:
 
 @HOOKS.register_module()
 class EarlyRouteCacheHook(Hook):
-    """Set per-sample keys on cached SHERL modules around each training iteration.
+    """Cache the frozen routes of the model's tuners in training.
 
     Args:
         key: the batch entry or metainfo field holding a unique sample id.
+        stacks: names of the tuners to cache (``'image'``, ``'encoder'`` ...);
+            default: every cacheable one.
+        dir: the caches' parent directory; default ``{work_dir}/feature_cache``.
+        rebuild_stale: rebuild a cache built for another model or pipeline
+            instead of refusing it.
     """
 
     priority = 'NORMAL'
 
-    def __init__(self, key: str = 'sample_idx') -> None:
+    def __init__(self, key: str = 'sample_idx', stacks: Sequence[str] | None = None, dir: str | None = None,
+                 rebuild_stale: bool = False) -> None:
         self.key = key
-        self.modules: list[SHERL] = []
+        self.stacks = None if stacks is None else list(stacks)
+        self.dir = dir
+        self.rebuild_stale = rebuild_stale
+        self.tuners: dict[str, BaseTuner] = {}
 
     def before_train(self, runner) -> None:
-        self.modules = cached_sherl_modules(runner.model)
-        if not self.modules:
-            raise ValueError('EarlyRouteCacheHook: the model has no SHERL stack with feature_cache set; add '
-                             "feature_cache=dict(dir=..., pipeline_fingerprint=...) to the tuner or drop the hook")
         if get_world_size() > 1:
             raise RuntimeError('EarlyRouteCacheHook: the feature cache is written by one process; '
                                'distributed training is not supported')
+        dataset_cfg = runner.cfg.get('train_dataloader', {}).get('dataset')
+        check_deterministic_pipeline(dataset_cfg)
+        pipeline = dataset_fingerprint(dataset_cfg)
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        self.tuners = cacheable_tuners(model, self.stacks)
+        if not self.tuners:
+            raise ValueError('EarlyRouteCacheHook: the model has no frozen stack or SHERL stack to cache')
+        root = self.dir or osp.join(runner.work_dir, 'feature_cache')
+        for name, tuner in self.tuners.items():
+            tuner.enable_feature_cache(osp.join(root, name), pipeline, upstream=upstream_digest(model, tuner),
+                                       rebuild_stale=self.rebuild_stale)
+        runner.logger.info(f'EarlyRouteCacheHook: caching the frozen routes of {sorted(self.tuners)} in {root} '
+                           f'({", ".join(f"{n}: {len(t.feature_cache)} samples" for n, t in self.tuners.items())})')
 
     def before_train_iter(self, runner, batch_idx: int, data_batch: Any = None) -> None:
         keys = batch_sample_keys(data_batch, self.key)
-        for module in self.modules:
-            module.sample_keys = keys
+        for tuner in self.tuners.values():
+            tuner.sample_keys = keys
 
     def after_train_iter(self, runner, batch_idx: int, data_batch: Any = None, outputs: Any = None) -> None:
-        for module in self.modules:
-            module.sample_keys = None
+        for tuner in self.tuners.values():
+            tuner.sample_keys = None
 
     def after_train_epoch(self, runner) -> None:
-        self._commit()
+        for tuner in self.tuners.values():
+            tuner.feature_cache.commit()
 
     def after_train(self, runner) -> None:
-        self._commit()
-
-    def _commit(self) -> None:
-        for module in self.modules:
-            if module.feature_cache is not None:
-                module.feature_cache.commit()
+        for tuner in self.tuners.values():
+            tuner.feature_cache.commit()
+            tuner.close_feature_cache()
 
 
-__all__ = ['EarlyRouteCacheHook', 'batch_sample_keys', 'cached_sherl_modules']
+__all__ = ['EarlyRouteCacheHook', 'batch_sample_keys', 'cacheable_tuners', 'check_deterministic_pipeline',
+           'dataset_fingerprint', 'upstream_digest']

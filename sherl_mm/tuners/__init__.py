@@ -14,12 +14,12 @@ __all__ = ['BaseTuner', 'build_tuned_stacks', 'load_trainable', 'parameter_repor
 __all__ += ['Adapter', 'BitFit', 'BottleneckAdapter', 'FullFineTune', 'LinearProbe', 'LoRA', 'PromptTuning',
             'inject_adapters', 'inject_lora', 'merge_lora', 'prepend_tokens', 'remove_adapters', 'remove_lora',
             'strip_tokens', 'unmerge_lora']
-# SHERL and its comparison methods
-from .feature_cache import EarlyRouteCache
+# SHERL and its comparison methods; the frozen-route feature cache
+from .feature_cache import EarlyRouteCache, FeatureCacheMixin
 from .lst import LST, lst_gate
 from .mtsa import MTSA, l1norm, l2norm, redundancy
 from .sherl import SHERL
 from .unipt import UniPT, UniPTModule, linear_attention, masked_mean
 
-__all__ += ['EarlyRouteCache', 'LST', 'MTSA', 'SHERL', 'UniPT', 'UniPTModule', 'l1norm', 'l2norm', 'linear_attention', 'lst_gate',
-            'masked_mean', 'redundancy']
+__all__ += ['EarlyRouteCache', 'FeatureCacheMixin', 'LST', 'MTSA', 'SHERL', 'UniPT', 'UniPTModule', 'l1norm',
+            'l2norm', 'linear_attention', 'lst_gate', 'masked_mean', 'redundancy']

@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import json
 import os
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar, Mapping, Sequence
 
 import torch
 from mmengine.model import BaseModule
@@ -27,19 +27,34 @@ from torch import nn
 from sherl_mm.backbones.base import BackboneStack, StackOutput
 from sherl_mm.registry import BACKBONES, TUNERS
 
+from .feature_cache import FeatureCacheMixin, weight_digests
 
-class BaseTuner(BaseModule):
+
+class BaseTuner(FeatureCacheMixin, BaseModule):
     """Holds ``stack`` frozen and runs its plain route.
 
     Subclasses add trainable modules and/or override :meth:`forward`.
 
     Args:
         stack: the backbone stack, or a config to build one from BACKBONES.
+
+    The frozen plain route can be served from a feature cache
+    (:meth:`enable_feature_cache`, or ``EarlyRouteCacheHook`` in training):
+    calls with sample keys then return the stored ``hidden`` of each sample.
     """
 
     #: True for tuners that train the pre-trained weights themselves; a model
     #: then also trains its glue modules (input projections, query embeddings).
     trains_backbone: ClassVar[bool] = False
+    #: the part of the route the feature cache may store: ``'output'`` (the
+    #: whole frozen plain route), ``'early'`` (SHERL) or ``None``. A subclass
+    #: changes the route, so it is ``None`` unless the subclass sets it.
+    cache_route: ClassVar[str | None] = 'output'
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if 'cache_route' not in cls.__dict__:
+            cls.cache_route = None
 
     def __init__(self, stack: BackboneStack | dict, init_cfg: dict | None = None) -> None:
         super().__init__(init_cfg=init_cfg)
@@ -51,9 +66,29 @@ class BaseTuner(BaseModule):
             self.stack.requires_grad_(False)
 
     def forward(self, *inputs: Any, late_context: dict | None = None, return_intermediates: bool = False,
-                **kwargs: Any) -> StackOutput:
-        """Run the stack; ``late_context`` only matters to tuners with a late route."""
-        return self.stack(*inputs, return_intermediates=return_intermediates, **kwargs)
+                sample_keys: Sequence[Any] | None = None, **kwargs: Any) -> StackOutput:
+        """Run the stack; ``late_context`` only matters to tuners with a late
+        route. With ``sample_keys`` (one unique key per sample) the output is
+        read from / written to the feature cache."""
+        keys = self._cache_keys(sample_keys)
+        if keys is None:
+            return self.stack(*inputs, return_intermediates=return_intermediates, **kwargs)
+        if return_intermediates:
+            raise ValueError(f'{type(self).__name__}: the feature cache stores the output only; call without '
+                             f'sample keys to get the intermediates')
+
+        def compute() -> tuple[dict, dict]:
+            hidden = self.stack(*inputs, **kwargs).hidden
+            if not isinstance(hidden, torch.Tensor):
+                raise TypeError(f'{type(self.stack).__name__}: the feature cache stores a tensor output, got '
+                                f'{type(hidden).__name__}')
+            return dict(hidden=hidden), {}
+        device = next(self.stack.parameters()).device
+        features, _ = self._cached_route(keys, list(inputs) + list(kwargs.values()), compute, self.stack, device)
+        return StackOutput(hidden=features['hidden'])
+
+    def _route_fingerprint(self) -> tuple[dict[str, str], dict]:
+        return weight_digests(self.stack), dict(stack=type(self.stack).__name__, cached='output')
 
 
 def trainable_parameters(module: nn.Module) -> dict[str, nn.Parameter]:

@@ -22,6 +22,11 @@ The fingerprint hashes the frozen tensors the early route reads, the route
 (insertion points and selected sets) and a user-given string naming the data
 pipeline; a cache whose fingerprint differs is refused with an error naming
 what differs, or deleted and rebuilt with ``rebuild_stale=True``.
+
+:class:`FeatureCacheMixin` is what a tuner needs to serve a frozen route
+from such a cache; :class:`~sherl_mm.tuners.BaseTuner` mixes it in, and the
+tuners whose route has a frozen part say which (``cache_route``): a frozen
+stack its whole output, SHERL its early route.
 """
 from __future__ import annotations
 
@@ -29,9 +34,9 @@ import hashlib
 import json
 import os
 import os.path as osp
-import shutil
 import warnings
-from typing import Any, Iterable, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 from safetensors import safe_open
@@ -85,6 +90,8 @@ def _describe_difference(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
         detail += [f'tensors only in the cache: {missing[:3]}'] if missing else []
         detail += [f'tensors only in this model: {extra[:3]}'] if extra else []
         lines.append('frozen early-route weights: ' + '; '.join(detail))
+    if old.get('upstream') != new.get('upstream'):
+        lines.append('frozen weights computed before this stack (projections, other stacks) differ')
     if old.get('format') != new.get('format'):
         lines.append(f"cache format: cache {old.get('format')}, now {new.get('format')}")
     return '\n  '.join(lines) or 'fingerprint parts are equal but the fingerprint differs'
@@ -163,9 +170,13 @@ class EarlyRouteCache:
             self.shared = {k[len(SHARED):]: first.get_tensor(k) for k in first.keys() if k.startswith(SHARED)}
 
     def _clear(self) -> None:
+        """Remove the cache's own files (shards, manifest), not the directory:
+        it may be one the user also keeps other files in."""
         self.close()
-        shutil.rmtree(self.directory)
-        os.makedirs(self.directory)
+        for name in self._shard_files() + [MANIFEST]:
+            path = osp.join(self.directory, name)
+            if osp.exists(path):
+                os.remove(path)
 
     def _handle(self, shard: str) -> Any:
         if shard not in self._handles:
@@ -300,4 +311,97 @@ class EarlyRouteCache:
         self.dirty = False
 
 
-__all__ = ['EarlyRouteCache', 'fingerprint_of', 'tensor_digest', 'weight_digests']
+class FeatureCacheMixin:
+    """Serve a tuner's frozen route from an :class:`EarlyRouteCache`.
+
+    A tuner with ``cache_route`` set implements :meth:`_route_fingerprint`
+    and calls :meth:`_cached_route` for the calls that carry sample keys
+    (``sample_keys=`` in the call, or :attr:`sample_keys`, which
+    :class:`~sherl_mm.hooks.EarlyRouteCacheHook` sets around each training
+    iteration). Without keys, or before :meth:`enable_feature_cache`, the
+    route runs as usual.
+    """
+
+    cache_route: str | None = None
+    feature_cache: EarlyRouteCache | None = None
+    sample_keys: list[str] | None = None
+
+    def _route_fingerprint(self) -> tuple[dict[str, str], dict]:
+        """``(weight digests, route)``: the frozen tensors the cached route
+        reads and what decides which states are stored."""
+        raise NotImplementedError
+
+    def enable_feature_cache(self, directory: str, pipeline: str, upstream: str = '',
+                             rebuild_stale: bool = False) -> EarlyRouteCache:
+        """Open (or create) the cache of this tuner's frozen route.
+
+        Args:
+            directory: one directory per tuner and per process.
+            pipeline: names the data pipeline that feeds the model (the hook
+                hashes the training dataset's config); another value refuses
+                the cache.
+            upstream: digest of the frozen weights computed before this tuner
+                (e.g. the projections feeding a transformer stack), so that
+                changing them also refuses the cache.
+            rebuild_stale: rebuild a cache with another fingerprint instead of
+                raising.
+        """
+        if self.cache_route is None:
+            raise ValueError(f'{type(self).__name__}: its route has no frozen part to cache (cache_route is None); '
+                             f'the feature cache applies to frozen stacks and to SHERL\'s early route')
+        if not isinstance(pipeline, str) or not pipeline:
+            raise ValueError(f'{type(self).__name__}: enable_feature_cache needs a non-empty pipeline string naming '
+                             f'the data pipeline (dataset, split, transforms); the cache is refused when it changes')
+        weights, route = self._route_fingerprint()
+        self.close_feature_cache()
+        self.feature_cache = EarlyRouteCache(directory, dict(weights=weights, route=route, pipeline=pipeline,
+                                                             upstream=upstream), rebuild_stale=rebuild_stale)
+        return self.feature_cache
+
+    def close_feature_cache(self) -> None:
+        if self.feature_cache is not None:
+            self.feature_cache.close()
+        self.feature_cache = None
+        self.sample_keys = None
+
+    def _cache_keys(self, sample_keys: Sequence[Any] | None) -> list[str] | None:
+        """The string keys of this call, or ``None`` when the cache is not used."""
+        keys = sample_keys if sample_keys is not None else self.sample_keys
+        if keys is None:
+            return None
+        if self.feature_cache is None:
+            raise ValueError(f'{type(self).__name__}: sample keys were given but the feature cache is not enabled; '
+                             f'call enable_feature_cache(...) or add EarlyRouteCacheHook to custom_hooks')
+        return [str(k.item() if isinstance(k, Tensor) else k) for k in keys]
+
+    @contextmanager
+    def _frozen_eval(self, module: nn.Module) -> Iterator[None]:
+        """Eval mode (no dropout) for the route that is written to the cache,
+        so that it equals what a later epoch reads; every module's mode is
+        restored after."""
+        modes = [(m, m.training) for m in module.modules()]
+        module.eval()
+        try:
+            yield
+        finally:
+            for m, mode in modes:
+                m.training = mode
+
+    def _cached_route(self, keys: list[str], inputs: Sequence[Any], compute: Callable[[], tuple[dict, dict]],
+                      module: nn.Module, device: torch.device) -> tuple[dict[str, Tensor], dict]:
+        """``(features, context)`` of the samples ``keys``: read when all are
+        cached, else ``compute()`` (``module`` in eval mode, no graph) and written."""
+        cache = self.feature_cache
+        if cache.has_all(keys):
+            return cache.load(keys, device)
+        if any(isinstance(t, Tensor) and t.requires_grad for t in inputs):
+            raise ValueError(f'{type(self).__name__}: an input of the stack requires grad, so its frozen route '
+                             f'depends on trainable parameters and cannot be cached; leave this stack out of the '
+                             f'feature cache')
+        with self._frozen_eval(module), torch.no_grad():
+            features, context = compute()
+        cache.write(keys, features, context)
+        return features, context
+
+
+__all__ = ['EarlyRouteCache', 'FeatureCacheMixin', 'fingerprint_of', 'tensor_digest', 'weight_digests']

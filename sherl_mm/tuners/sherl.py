@@ -27,19 +27,17 @@ Models pass ``late_context`` to the stack call: a dict merged into the context
 of the late layers only (e.g. ``dict(memory=encoder_output.hidden)`` for a
 decoder, whose late layer then cross-attends to the encoder's MTSA output).
 
-Opt-in early-route feature cache (beyond the paper): with
-``feature_cache=dict(dir=..., pipeline_fingerprint=...)`` and per-sample keys
-(``sample_keys=`` in the call, or set by
-:class:`~sherl_mm.hooks.EarlyRouteCacheHook` in training), the early route of
-a batch whose samples are all cached is read from disk instead of computed;
-otherwise it is computed with the stack in eval mode and written
-(:mod:`sherl_mm.tuners.feature_cache`).
+Opt-in early-route feature cache (beyond the paper): after
+:meth:`~sherl_mm.tuners.feature_cache.FeatureCacheMixin.enable_feature_cache`
+(which :class:`~sherl_mm.hooks.EarlyRouteCacheHook` calls in training), the
+early route of a call with per-sample keys is read from disk when every
+sample is cached; otherwise it is computed with the stack in eval mode and
+written (:mod:`sherl_mm.tuners.feature_cache`).
 """
 from __future__ import annotations
 
 import copy
-from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -48,7 +46,7 @@ from sherl_mm.backbones.base import BackboneStack, StackOutput
 from sherl_mm.registry import TUNERS
 
 from ._common import FrozenStackTuner, layer_roots
-from .feature_cache import EarlyRouteCache, weight_digests
+from .feature_cache import weight_digests
 from .mtsa import MTSA, VARIANTS
 
 INPUT = 'input'
@@ -139,21 +137,15 @@ class SHERL(FrozenStackTuner):
             decoder), or nothing (BERT, the DETR encoder).
         output_dropout: dropout after ``output_norm`` (T5: ``dropout_rate`` 0.1).
         norm_eval: keep the stack's BatchNorm statistics frozen in training.
-        feature_cache: opt-in on-disk cache of the early route, used for the
-            calls that carry sample keys: ``dict(dir=..., pipeline_fingerprint=
-            '<names the data pipeline>', rebuild_stale=False)``. Valid only when
-            the stack's inputs are a deterministic function of the sample key
-            (no random augmentation, no trainable module before the stack);
-            the early route then runs in eval mode (no dropout), cached or
-            not. See :mod:`sherl_mm.tuners.feature_cache`.
     """
+
+    cache_route = 'early'
 
     def __init__(self, stack: BackboneStack | dict, num_late_layers: int | None = None,
                  select_layers: Sequence[int | str] | None = None, use_input: bool | None = None,
                  insert_layers: Sequence[int] | None = None, mtsa: dict | None = None,
                  late_tuner: dict | None = None, output_norm: str | None = None, output_dropout: float = 0.1,
-                 norm_eval: bool = True, feature_cache: dict | None = None,
-                 init_cfg: dict | None = None) -> None:
+                 norm_eval: bool = True, init_cfg: dict | None = None) -> None:
         super().__init__(stack, norm_eval=norm_eval, init_cfg=init_cfg)
         stack = self.stack
         n = stack.num_layers
@@ -218,11 +210,6 @@ class SHERL(FrozenStackTuner):
         if late_tuner is not None:
             self._build_late_tuner(dict(late_tuner))
         self.output_norm, self.output_dropout = self._build_output_norm(output_norm, output_dropout, widths[-1])
-        self.feature_cache_cfg = self._check_cache_cfg(feature_cache)
-        # opened on first use: the fingerprint must see the weights loaded after construction
-        self.feature_cache: EarlyRouteCache | None = None
-        #: sample keys of the next calls, set by EarlyRouteCacheHook around each training iteration
-        self.sample_keys: list[str] | None = None
 
     # ------------------------------------------------------------------ construction
     @staticmethod
@@ -313,54 +300,14 @@ class SHERL(FrozenStackTuner):
         # the stack's own output stage is nothing or its frozen final norm (+ dropout): replaced, not stacked
         return self.output_dropout(self.output_norm(hidden))
 
-    @staticmethod
-    def _check_cache_cfg(cfg: dict | None) -> dict | None:
-        if cfg is None:
-            return None
-        cfg = dict(cfg)
-        unknown = set(cfg) - {'dir', 'pipeline_fingerprint', 'rebuild_stale'}
-        missing = {'dir', 'pipeline_fingerprint'} - set(cfg)
-        if unknown or missing:
-            raise ValueError(f'SHERL: feature_cache takes dir, pipeline_fingerprint and rebuild_stale; unknown '
-                             f'{sorted(unknown)}, missing {sorted(missing)}')
-        if not isinstance(cfg['pipeline_fingerprint'], str) or not cfg['pipeline_fingerprint']:
-            raise ValueError('SHERL: feature_cache.pipeline_fingerprint must be a non-empty string naming the data '
-                             'pipeline (dataset, split, transforms); the cache is refused when it changes')
-        return cfg
-
     # ------------------------------------------------------------------ feature cache
-    def feature_cache_parts(self) -> dict:
-        """What the cache fingerprint hashes: the frozen tensors the early
-        route reads (the stack without its late layers), the route that
-        decides which states are stored, and the pipeline string."""
+    def _route_fingerprint(self) -> tuple[dict[str, str], dict]:
+        """The frozen tensors the early route reads (the stack without its
+        late layers) and the route that decides which states are stored."""
         late = [self.stack.layers[i] for i in self.late_layers]
         route = dict(stack=type(self.stack).__name__, num_layers=self.stack.num_layers, points=self.points,
                      stored=sorted(str(k) for k in self.needed if k == INPUT or k < self.points[0]))
-        return dict(weights=weight_digests(self.stack, exclude=late), route=route,
-                    pipeline=self.feature_cache_cfg['pipeline_fingerprint'])
-
-    def open_feature_cache(self) -> EarlyRouteCache:
-        """The cache, opened (and its fingerprint checked) on first call."""
-        if self.feature_cache_cfg is None:
-            raise ValueError('SHERL: sample keys were given but feature_cache is not configured; pass '
-                             'feature_cache=dict(dir=..., pipeline_fingerprint=...) to use the cache')
-        if self.feature_cache is None:
-            cfg = self.feature_cache_cfg
-            self.feature_cache = EarlyRouteCache(cfg['dir'], self.feature_cache_parts(),
-                                                 rebuild_stale=cfg.get('rebuild_stale', False))
-        return self.feature_cache
-
-    @contextmanager
-    def _stack_eval(self) -> Iterator[None]:
-        """Eval mode for the early route (no dropout, so that what is cached is
-        what a later epoch would compute), restoring every module's mode after."""
-        modes = [(m, m.training) for m in self.stack.modules()]
-        self.stack.eval()
-        try:
-            yield
-        finally:
-            for module, mode in modes:
-                module.training = mode
+        return weight_digests(self.stack, exclude=late), route
 
     def _early_route(self, inputs: tuple, kwargs: dict, return_intermediates: bool
                      ) -> tuple[dict[int | str, Tensor], dict, list[Tensor]]:
@@ -383,20 +330,14 @@ class SHERL(FrozenStackTuner):
 
     def _cached_early_route(self, keys: list[str], inputs: tuple, kwargs: dict
                             ) -> tuple[dict[int | str, Tensor], dict]:
-        cache = self.open_feature_cache()
-        device = next(self.mtsa.parameters()).device
-        if cache.has_all(keys):
-            features, context = cache.load(keys, device)
-            # safetensors keys are strings; layer indices go back to ints
-            return {(k if k == INPUT else int(k)): v for k, v in features.items()}, context
-        given = list(inputs) + list(kwargs.values())
-        if any(isinstance(t, Tensor) and t.requires_grad for t in given):
-            raise ValueError('SHERL: an input of the stack requires grad, so the early route depends on trainable '
-                             'parameters and cannot be cached; disable feature_cache for this stack')
-        with self._stack_eval():
+        def compute() -> tuple[dict, dict]:
             saved, context, _ = self._early_route(inputs, kwargs, False)
-        cache.write(keys, {str(k): v for k, v in saved.items()}, context)
-        return saved, context
+            return {str(k): v for k, v in saved.items()}, context
+        device = next(self.mtsa.parameters()).device
+        features, context = self._cached_route(keys, list(inputs) + list(kwargs.values()), compute, self.stack,
+                                               device)
+        # safetensors keys are strings; layer indices go back to ints
+        return {(k if k == INPUT else int(k)): v for k, v in features.items()}, context
 
     # ------------------------------------------------------------------ forward
     def forward(self, *inputs: Any, late_context: dict | None = None, return_intermediates: bool = False,
@@ -407,13 +348,12 @@ class SHERL(FrozenStackTuner):
         stack = self.stack
         n = stack.num_layers
         first = self.points[0]
-        keys = sample_keys if sample_keys is not None else self.sample_keys
+        keys = self._cache_keys(sample_keys)
         intermediates: list[Tensor] = []
         if keys is not None:
             if return_intermediates:
                 raise ValueError('SHERL: return_intermediates needs every early layer, which the feature cache '
                                  'does not store; call without sample keys to get them')
-            keys = [str(k.item() if isinstance(k, Tensor) else k) for k in keys]
             saved, context = self._cached_early_route(keys, inputs, kwargs)
         else:
             saved, context, intermediates = self._early_route(inputs, kwargs, return_intermediates)

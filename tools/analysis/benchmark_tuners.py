@@ -38,6 +38,9 @@ Config hooks (all optional)::
 
 The short name whose built-in type equals the config's own ``model.tuner``
 type (e.g. ``sherl`` for a SHERL config) uses the config's tuner settings.
+Otherwise a sibling config of the same task (``configs/lora_mdetr_refcoco.py``
+beside ``configs/sherl_mdetr_refcoco.py``; ``fullft_`` for ``full``) gives
+its ``model.tuner``, so that each method is measured as its config trains it.
 """
 from __future__ import annotations
 
@@ -85,6 +88,32 @@ METRICS = [
 # Tuner configs
 # ============================================================================
 
+#: file-name prefix of a tuner's sibling configs, where it is not the short name
+CONFIG_PREFIX = {'full': 'fullft'}
+
+
+def sibling_tuner(config_path: str | None, name: str) -> dict | None:
+    """``model.tuner`` of the sibling config for the tuner ``name``
+    (``<prefix>_<task>.py`` in the same folder) of ``config_path`` or of the
+    first ``_base_`` config named that way, if there is one."""
+    if not config_path:
+        return None
+    from mmengine.config import Config
+
+    from sherl_mm.engine.validate import config_files
+    prefixes = {CONFIG_PREFIX.get(n, n) for n in DEFAULT_TUNERS}
+    for path in config_files(config_path):
+        folder, base = osp.split(path)
+        head, _, task = base.partition('_')
+        if head in prefixes and task:
+            sibling = osp.join(folder, f'{CONFIG_PREFIX.get(name, name)}_{task}')
+            if not osp.isfile(sibling) or osp.samefile(sibling, path):
+                return None
+            tuner = Config.fromfile(sibling).model.get('tuner', None)
+            return _to_plain(dict(tuner)) if tuner else None
+    return None
+
+
 def resolve_tuners(cfg, names: list[str]) -> dict[str, dict]:
     """Map each short name to the tuner config the benchmark uses for it."""
     overrides = dict(cfg.get('benchmark_tuners', None) or {})
@@ -99,6 +128,8 @@ def resolve_tuners(cfg, names: list[str]) -> dict[str, dict]:
             tuner = copy.deepcopy(DEFAULT_TUNERS[name])
             if own is not None and own.get('type') == tuner['type']:
                 tuner = copy.deepcopy(own)
+            else:
+                tuner = sibling_tuner(cfg.filename, name) or tuner
         else:
             raise SystemExit(f'benchmark_tuners: unknown tuner short name {name!r}; known: {", ".join(known)} '
                              f'(add others with benchmark_tuners=dict({name}=dict(type=...)) in the config)')

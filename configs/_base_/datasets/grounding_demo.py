@@ -5,18 +5,20 @@
 # spatial relation ("the big dog face", "the fish left of the yellow banana"), 600 train /
 # 100 val / 100 testA (animals) / 100 testB (objects) expressions on 160-px-high images.
 # grounding_demo_source.py is the "source" variant (name grounding, "the banana") for pre-training.
-# Augmentation: random shorter side, no flip, no crop (a crop could cut away the emoji an
-# expression relates to; RandomSizeCrop is in refcoco.py). Metric keys:
+# train_pipeline augments (random shorter side; no flip, no crop: a crop could cut away the emoji an
+# expression relates to; RandomSizeCrop is in refcoco.py). test_pipeline fits every image into
+# demo_size x demo_size and pads it there: fixed shapes and no randomness, which is also what the
+# demo trains with, so that EarlyRouteCacheHook can cache the frozen routes. Metric keys:
 # refexp_giou0.5/demo_target_{val,testA,testB}_P@{1,5,10} and refexp_giou0.5/P@k.
 dataset_type = 'RefCOCODataset'
 data_root = 'data/demo_grounding/target/'
 demo_variant = 'target'
 
 demo_train_scales = [128, 144, 160, 176, 192]   # shorter side
-demo_test_scale = 160
 demo_max_size = 288
+demo_size = 224
 meta_keys = ('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor', 'pad_shape', 'text',
-             'tokens_positive', 'dataset_name', 'split', 'ref_bbox')
+             'tokens_positive', 'dataset_name', 'split', 'ref_bbox', 'sample_idx')
 
 train_pipeline = [
     dict(type='LoadImageFromFile'),
@@ -27,7 +29,8 @@ train_pipeline = [
 test_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations', with_bbox=True),
-    dict(type='Resize', scale=(demo_max_size, demo_test_scale), keep_ratio=True),
+    dict(type='Resize', scale=(demo_size, demo_size), keep_ratio=True),
+    dict(type='Pad', size=(demo_size, demo_size)),
     dict(type='PackDetInputs', meta_keys=meta_keys),
 ]
 

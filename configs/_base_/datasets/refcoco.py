@@ -20,7 +20,7 @@ train_scales = [480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800]
 max_size = 1333
 # metainfo the grounding model and RefExpAccuracy read (sherl_mm.datasets.GROUNDING_META_KEYS)
 meta_keys = ('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor', 'pad_shape', 'text',
-             'tokens_positive', 'dataset_name', 'split', 'ref_bbox')
+             'tokens_positive', 'dataset_name', 'split', 'ref_bbox', 'sample_idx')
 
 train_pipeline = [
     dict(type='LoadImageFromFile', backend_args=backend_args),

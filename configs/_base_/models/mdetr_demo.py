@@ -20,10 +20,12 @@ model = dict(
     decoder=dict(type='DetrDecoderStack', num_layers=6, embed_dims=embed_dims, num_heads=4,
                  feedforward_channels=256, dropout=0.0),
     embed_dims=embed_dims,
+    text_dropout=0.0,
     num_queries=10,
     num_tokens=32,
     contrastive_align_loss=True, contrastive_dim=32, temperature=0.07, eos_coef=0.1,
     aux_loss=True,
+    text_padding='max_length',   # fixed shapes (32 - 1 text tokens), so the frozen routes can be cached
     tuner=dict(type='SHERL',
                per_stack=dict(encoder=dict(select_layers=[0, 1, 3, 5], num_late_layers=0),
                               decoder=dict(select_layers=[0, 2, 3, 4], num_late_layers=1))),

@@ -136,6 +136,10 @@ class MDETRGrounding(BaseDetector):
         contrastive_align_loss / contrastive_dim / temperature / eos_coef /
         loss_weights / assigner: see :class:`MDETRHead`.
         aux_loss: also supervise the auxiliary decoder outputs.
+        text_padding: ``'longest'`` (MDETR: pad each batch to its longest
+            caption) or ``'max_length'`` (pad to ``num_tokens - 1``: every
+            sample has the same shapes, which the feature cache of the
+            transformer stacks needs).
         train_glue: train ``input_proj``, ``resizer`` and ``query_embed``;
             ``None`` (default) trains them only under a tuner with
             ``trains_backbone=True`` (full fine-tuning).
@@ -164,6 +168,7 @@ class MDETRGrounding(BaseDetector):
                  loss_weights: dict | None = None,
                  assigner: dict | None = None,
                  aux_loss: bool = True,
+                 text_padding: str = 'longest',
                  train_glue: bool | None = None,
                  mdetr_checkpoint: str | None = None,
                  mdetr_checkpoint_ema: bool = True,
@@ -177,6 +182,9 @@ class MDETRGrounding(BaseDetector):
         self.num_queries = num_queries
         self.num_tokens = num_tokens
         self.aux_loss = aux_loss
+        if text_padding not in ('longest', 'max_length'):
+            raise ValueError(f"MDETRGrounding: text_padding must be 'longest' or 'max_length', got {text_padding!r}")
+        self.text_padding = text_padding
         self.test_cfg = {'max_per_img': num_queries, **(test_cfg or {})}
 
         if text_encoder is None:
@@ -285,7 +293,7 @@ class MDETRGrounding(BaseDetector):
         img_mask = mask.flatten(1)
 
         tokenized = tokenize(self.tokenizer, self._texts(data_samples), max_length=self.num_tokens - 1,
-                             device=batch_inputs.device)
+                             device=batch_inputs.device, padding=self.text_padding)
         text_out: StackOutput = self.stacks['text'](tokenized['input_ids'], tokenized['attention_mask'])
         txt = self.resizer(text_out.hidden).to(img.dtype)
         num_text = txt.shape[1]
@@ -297,13 +305,16 @@ class MDETRGrounding(BaseDetector):
         frozen_memory = enc.frozen if enc.frozen is not None else enc.hidden
         text_memory = frozen_memory[:, -num_text:]
 
+        # SHERL: one auxiliary output, the un-normed MTSA output; otherwise the intermediate layers
+        sherl_decoder = isinstance(self.stacks['decoder'], SHERL)
+        aux = self.aux_loss and self.training
         dec: StackOutput = self.stacks['decoder'](
             self.query_embed.weight, frozen_memory, src_pos, src_mask,
-            late_context=dict(memory=enc.hidden), return_intermediates=self.aux_loss and self.training)
+            late_context=dict(memory=enc.hidden), return_intermediates=aux and not sherl_decoder)
 
         hidden_states = []
-        if self.aux_loss and self.training:
-            if isinstance(self.stacks['decoder'], SHERL):  # one auxiliary output, the un-normed MTSA output
+        if aux:
+            if sherl_decoder:
                 hidden_states.append(dec.side)
             elif dec.intermediates:
                 decoder_stack = self.stacks['decoder'].stack
@@ -343,6 +354,29 @@ class MDETRGrounding(BaseDetector):
         result = self.forward_transformer(batch_inputs, batch_data_samples)
         targets = self.build_targets(batch_data_samples, result['tokenized'])
         return self.head.loss(result['outputs'], targets)
+
+    def synthetic_batch(self, batch_size: int, image_size: tuple[int, int] = (800, 1066), seed: int = 0) -> dict:
+        """A data batch as the dataloader gives it (before the data
+        preprocessor): random ``(3, H, W)`` uint8 images of ``image_size``
+        (RefCOCO at MDETR's test scale by default), one referring expression
+        and box each. For benchmarks of models without their data
+        (``benchmark=dict(batch='synthetic')``)."""
+        g = torch.Generator().manual_seed(seed)
+        height, width = image_size
+        caption = 'the man in the red shirt on the left'
+        inputs, samples = [], []
+        for _ in range(batch_size):
+            inputs.append(torch.randint(0, 256, (3, height, width), generator=g, dtype=torch.uint8))
+            x1 = float(torch.randint(0, width // 2, (1,), generator=g))
+            y1 = float(torch.randint(0, height // 2, (1,), generator=g))
+            box = [x1, y1, x1 + width / 3, y1 + height / 3]
+            sample = DetDataSample(metainfo=dict(
+                img_shape=(height, width), ori_shape=(height, width), pad_shape=(height, width),
+                scale_factor=(1.0, 1.0), text=caption, tokens_positive=[[[4, 7]]], ref_bbox=box,
+                dataset_name='synthetic', split='val'))
+            sample.gt_instances = InstanceData(bboxes=torch.tensor([box]), labels=torch.zeros(1, dtype=torch.long))
+            samples.append(sample)
+        return dict(inputs=inputs, data_samples=samples)
 
     # ------------------------------------------------------------------ inference
     def predict(self, batch_inputs: Tensor, batch_data_samples: Sequence[DetDataSample],

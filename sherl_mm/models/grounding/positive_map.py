@@ -17,14 +17,16 @@ import torch
 from torch import Tensor
 
 
-def tokenize(tokenizer, texts: Sequence[str], max_length: int, device: torch.device | str | None = None) -> dict:
+def tokenize(tokenizer, texts: Sequence[str], max_length: int, device: torch.device | str | None = None,
+             padding: str = 'longest') -> dict:
     """Tokenise a batch the way MDETR does (``padding='longest'``), keeping
     the offset mapping. ``max_length`` truncates (MDETR's 256 logits leave
-    room for 255 text positions)."""
+    room for 255 text positions); ``padding='max_length'`` pads every
+    caption to it (fixed shapes, e.g. for the feature cache)."""
     if isinstance(texts, str):
         texts = [texts]
     try:
-        enc = tokenizer(list(texts), padding='longest', truncation=True, max_length=max_length,
+        enc = tokenizer(list(texts), padding=padding, truncation=True, max_length=max_length,
                         return_tensors='pt', return_offsets_mapping=True)
     except NotImplementedError as exc:  # a Python-only tokenizer without offsets
         raise RuntimeError(f'{type(tokenizer).__name__} cannot return an offset mapping, which the grounding '

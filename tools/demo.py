@@ -1,0 +1,194 @@
+#!/usr/bin/env python
+"""The grounding demo: SHERL transfer of a small MDETR-like model, on a CPU, in minutes.
+
+    python tools/demo.py [--out work_dirs/demo] [--source-epochs 15] [--target-epochs 10] [--skip-fullft]
+
+Steps (each a ``tools/train.py`` / ``tools/test.py`` run in its own process,
+so that every peak-memory figure belongs to one run; logs go to
+``OUT/<step>.log``):
+
+1. build the demo data (``tools/data/make_grounding_demo.py``: emoji
+   composited on the sample photos, MDETR's RefCOCO format) unless present;
+2. pre-train a grounding model (``configs/demo/mdetr_demo_source.py``) on
+   phrase grounding (every emoji of a caption boxed), validated on the
+   *source* task (name grounding); transformer, projections and heads
+   train, the pretrained EfficientNet-Lite0 and MiniLM stay frozen;
+3. SHERL transfer to the *target* task (``configs/demo/sherl_mdetr_demo.py``:
+   expressions with sizes, positions and spatial relations), then test on
+   val / testA / testB;
+4. the same transfer with full fine-tuning (``configs/demo/fullft_mdetr_demo.py``)
+   for comparison (``--skip-fullft`` leaves it out);
+5. print Acc@0.5 per split (MDETR's protocol: top-scored box, GIoU >= 0.5),
+   trainable parameters and peak training memory, write them to
+   ``OUT/results.json`` / ``OUT/results.md``, and draw a few test images
+   with the predicted (red) and true (green) boxes to
+   ``OUT/sherl_predictions.png``.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import os.path as osp
+import pickle
+import re
+import subprocess
+import sys
+import time
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+SPLITS = ('val', 'testA', 'testB')
+METHODS = {'sherl': 'configs/demo/sherl_mdetr_demo.py', 'fullft': 'configs/demo/fullft_mdetr_demo.py'}
+SOURCE_CONFIG = 'configs/demo/mdetr_demo_source.py'
+
+
+def run_step(name: str, args: list[str], out_dir: str) -> str:
+    """Run ``python ARGS`` in the repository; its output goes to
+    ``OUT/<name>.log``, whose path is returned. A failing step ends the demo
+    with the tail of its log."""
+    log = osp.join(out_dir, f'{name}.log')
+    start = time.time()
+    print(f'[{name}] python {" ".join(args)}', flush=True)
+    with open(log, 'w') as f:
+        status = subprocess.run([sys.executable, *args], cwd=REPO, stdout=f, stderr=subprocess.STDOUT).returncode
+    if status != 0:
+        with open(log) as f:
+            tail = f.readlines()[-25:]
+        sys.exit(f'[{name}] failed (exit status {status}); the end of {log}:\n{"".join(tail)}')
+    print(f'[{name}] done in {time.time() - start:.0f} s (log: {osp.relpath(log, REPO)})', flush=True)
+    return log
+
+
+def latest_run_dir(work_dir: str) -> str:
+    """The timestamped folder mmengine made for the newest run in ``work_dir``."""
+    runs = sorted(d for d in glob.glob(osp.join(work_dir, '*')) if osp.isdir(d) and re.search(r'\d{8}_\d{6}$', d))
+    if not runs:
+        sys.exit(f'no run folder in {work_dir}')
+    return runs[-1]
+
+
+def test_metrics(work_dir: str) -> dict:
+    run = latest_run_dir(work_dir)
+    with open(osp.join(run, osp.basename(run) + '.json')) as f:
+        return json.load(f)
+
+
+def peak_train_memory_gib(work_dir: str) -> float:
+    """The whole-run peak PeakMemoryHook logged (GiB; on CPU the process's
+    peak resident memory)."""
+    peak = 0.0
+    with open(osp.join(latest_run_dir(work_dir), 'vis_data', 'scalars.json')) as f:
+        for line in f:
+            record = json.loads(line)
+            peak = max(peak, record.get('peak_mem_run_gib', 0.0), record.get('peak_mem_gib', 0.0))
+    return peak
+
+
+def trainable_parameters(log: str) -> tuple[int, int]:
+    """``(trainable, total)`` from the ParameterTableHook line of a train log."""
+    with open(log) as f:
+        found = re.search(r'trainable params: ([\d,]+) \|\| all params: ([\d,]+)', f.read())
+    if found is None:
+        sys.exit(f'{log}: no "trainable params" line (is ParameterTableHook in default_hooks?)')
+    return int(found.group(1).replace(',', '')), int(found.group(2).replace(',', ''))
+
+
+def draw_predictions(pred_file: str, png: str, per_split: int = 3) -> None:
+    """A grid of test images with the top-scored box (red) and the true box (green)."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    with open(pred_file, 'rb') as f:
+        samples = pickle.load(f)
+    shown = [s for split in ('testA', 'testB') for s in [s for s in samples if s.get('split') == split][:per_split]]
+    fig, axes = plt.subplots(1, len(shown), figsize=(3.2 * len(shown), 3.6))
+    for ax, sample in zip(axes, shown):
+        ax.imshow(Image.open(sample['img_path']).convert('RGB'))
+        for box, colour in ((sample['ref_bbox'], 'lime'), (sample['pred_instances']['bboxes'][0].tolist(), 'red')):
+            x1, y1, x2, y2 = box
+            ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color=colour, linewidth=2))
+        ax.set_title(sample['text'], fontsize=9)
+        ax.axis('off')
+    fig.suptitle('SHERL on the demo target task: predicted (red) and true (green) boxes', fontsize=10)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--out', default='work_dirs/demo', help='folder for the runs, logs and results')
+    parser.add_argument('--data-root', default='data/demo_grounding', help='demo data (built when missing)')
+    parser.add_argument('--source-epochs', type=int, default=15)
+    parser.add_argument('--target-epochs', type=int, default=10)
+    parser.add_argument('--skip-fullft', action='store_true', help='leave out the full fine-tuning comparison')
+    parser.add_argument('--data-args', nargs='*', default=[],
+                        help='extra arguments for make_grounding_demo.py, e.g. --num-train 32 (small runs)')
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    out = osp.abspath(args.out)
+    data_root = osp.abspath(args.data_root)
+    os.makedirs(out, exist_ok=True)
+    started = time.time()
+
+    if not all(osp.isfile(osp.join(data_root, v, f'finetune_refcoco_{split}.json'))
+               for v, split in (('phrases', 'train'), ('source', 'val'), ('target', 'testB'))):
+        run_step('data', ['tools/data/make_grounding_demo.py', '--out', data_root, *args.data_args], out)
+
+    def data_options(train: str, evaluate: str) -> list[str]:
+        """The data roots of the ``train`` variant's training split and of the
+        ``evaluate`` variant's val / test splits."""
+        train_root, eval_root = (osp.join(data_root, v) + '/' for v in (train, evaluate))
+        return [f'train_dataloader.dataset.data_root={train_root}', f'val_dataloader.dataset.data_root={eval_root}',
+                *(f'test_dataloader.dataset.datasets.{i}.data_root={eval_root}' for i in range(len(SPLITS)))]
+
+    source_dir = osp.join(out, 'source')
+    source_ckpt = osp.join(source_dir, f'epoch_{args.source_epochs}.pth')
+    run_step('source', ['tools/train.py', SOURCE_CONFIG, '--work-dir', source_dir, '--cfg-options',
+                        f'train_cfg.max_epochs={args.source_epochs}', f'train_cfg.val_interval={args.source_epochs}',
+                        f'default_hooks.checkpoint.interval={args.source_epochs}', *data_options('phrases', 'source')], out)
+
+    results = {}
+    methods = {k: v for k, v in METHODS.items() if not (args.skip_fullft and k == 'fullft')}
+    for method, config in methods.items():
+        work_dir = osp.join(out, method)
+        train_log = run_step(f'{method}-train', [
+            'tools/train.py', config, '--work-dir', work_dir, '--cfg-options', f'load_from={source_ckpt}',
+            f'train_cfg.max_epochs={args.target_epochs}', f'train_cfg.val_interval={args.target_epochs}',
+            f'default_hooks.checkpoint.interval={args.target_epochs}', *data_options('target', 'target')], out)
+        preds = osp.join(work_dir, 'test_predictions.pkl')
+        run_step(f'{method}-test', [
+            'tools/test.py', config, osp.join(work_dir, f'epoch_{args.target_epochs}.pth'), '--work-dir', work_dir,
+            '--out', preds, '--cfg-options', *data_options('target', 'target')], out)
+        metrics = test_metrics(work_dir)
+        trainable, total = trainable_parameters(train_log)
+        results[method] = dict(
+            acc={split: metrics[f'refexp_giou0.5/demo_target_{split}_P@1'] for split in SPLITS},
+            trainable_params=trainable, total_params=total, peak_train_mem_gib=peak_train_memory_gib(work_dir),
+            predictions=preds)
+
+    png = osp.join(out, 'sherl_predictions.png')
+    draw_predictions(results['sherl']['predictions'], png)
+    header = ('| method | trainable params | peak train memory (GiB, process RSS) | '
+              + ' | '.join(f'Acc@0.5 {s}' for s in SPLITS) + ' |')
+    rows = [header, '|' + ' --- |' * (3 + len(SPLITS))]
+    for method, r in results.items():
+        rows.append(f'| {method} | {r["trainable_params"]:,} ({100 * r["trainable_params"] / r["total_params"]:.2f}%) '
+                    f'| {r["peak_train_mem_gib"]:.2f} | ' + ' | '.join(f'{r["acc"][s]:.1f}' for s in SPLITS) + ' |')
+    table = '\n'.join(rows)
+    with open(osp.join(out, 'results.md'), 'w') as f:
+        f.write(table + '\n')
+    with open(osp.join(out, 'results.json'), 'w') as f:
+        json.dump(results, f, indent=2)
+    print(f'\nGrounding demo, target task (test with {osp.relpath(data_root, REPO)}/target), '
+          f'{time.time() - started:.0f} s in all:\n{table}\npredictions drawn in {osp.relpath(png, REPO)}')
+
+
+if __name__ == '__main__':
+    main()
