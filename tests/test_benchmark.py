@@ -9,24 +9,15 @@ import pytest
 from _tools import load_tool
 from mmengine.config import Config
 
-from sherl_mm.registry import TUNERS
-
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TOOL = osp.join(REPO, 'tools', 'analysis', 'benchmark_tuners.py')
 CONFIG = osp.join(REPO, 'tests', 'fixtures_bench', 'tiny_config.py')
 
-# The two tuners of the end-to-end run: the reference and SHERL when SHERL
-# exists; LoRA otherwise.
-import sherl_mm.tuners  # noqa: E402,F401  (fills TUNERS)
-
-SECOND = 'sherl' if TUNERS.get('SHERL') is not None else 'lora'
+# The two tuners of the end-to-end run: the reference and SHERL.
+SECOND = 'sherl'
 
 
-def _load_tool():
-    return load_tool('analysis/benchmark_tuners.py')
-
-
-bt = _load_tool()
+bt = load_tool('analysis/benchmark_tuners.py')
 
 
 def _job(tmp_path, name, tuner, **kw):
@@ -157,3 +148,30 @@ def test_benchmark_end_to_end(tmp_path):
     png = out / 'memory_vs_accuracy.png'
     assert png.is_file() and png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     assert (out / 'workers' / 'full.log').is_file()
+
+
+def test_sibling_configs_give_each_tuner_its_settings():
+    """configs/benchmark/mdetr_refcoco_paper_size.py derives from sherl_mdetr_refcoco.py, whose
+    siblings (lora_, fullft_ ...) set the other tuners."""
+    cfg = Config.fromfile(osp.join(REPO, 'configs', 'benchmark', 'mdetr_refcoco_paper_size.py'))
+    tuners = bt.resolve_tuners(cfg, ['full', 'lora', 'sherl', 'linear'])
+    assert tuners['lora'] == dict(type='LoRA', rank=8, alpha=16)
+    assert tuners['full']['per_stack'] == dict(image=dict(frozen_modules=r'conv1|bn1|layers\.[0-2]'))
+    assert tuners['sherl']['per_stack']['decoder'] == dict(select_layers=[0, 2, 3, 4], num_late_layers=1)
+    assert tuners['linear'] == dict(type='LinearProbe')      # no linear_mdetr_refcoco.py: the built-in default
+
+
+def test_cache_benchmark_config_and_epoch_times(tmp_path):
+    """benchmark_feature_cache.py: the derived config keeps the config's other custom hooks (EMA)
+    and adds the cache hook; per-epoch times sum the logged iteration times."""
+    cb = load_tool('analysis/benchmark_feature_cache.py')
+    path = cb.derived_config(osp.join(REPO, 'configs', 'sherl_mdetr_refcoco.py'), str(tmp_path),
+                             dict(type='EarlyRouteCacheHook', stacks=['image']))
+    hooks = Config.fromfile(path).custom_hooks
+    assert [h['type'] for h in hooks] == ['EMAHook', 'EarlyRouteCacheHook'] and hooks[1]['stacks'] == ['image']
+    run = tmp_path / '20261201_000000'
+    (run / 'vis_data').mkdir(parents=True)
+    lines = [dict(epoch=1, iter=1, loss=1.0, time=0.5), dict(epoch=1, iter=2, loss=1.0, time=0.25),
+             dict(epoch=2, iter=3, loss=1.0, time=0.125), dict(epoch=2, time=9.0)]   # the last: a val line
+    (run / 'vis_data' / 'scalars.json').write_text('\n'.join(json.dumps(x) for x in lines))
+    assert cb.epoch_seconds(str(run)) == [0.75, 0.125]

@@ -18,8 +18,8 @@ from mmengine.structures import InstanceData
 
 import sherl_mm
 from sherl_mm.datasets import AnnotationError, GROUNDING_META_KEYS, RefCOCODataset
-from sherl_mm.datasets.demo_grounding import (ANIMALS, OBJECTS, build_grounding_demo, build_split,
-                                              reliable_colour, resolve_expression)
+from sherl_mm.datasets.demo_grounding import (ANIMALS, OBJECTS, build_grounding_demo, reliable_colour,
+                                              resolve_expression)
 from sherl_mm.datasets.transforms import RandomSizeCrop
 from sherl_mm.evaluation import RefExpAccuracy, box_overlaps
 from sherl_mm.registry import DATASETS, METRICS, TRANSFORMS
@@ -122,31 +122,6 @@ def test_demo_expressions_unique_and_unambiguous(demo_dir):
                     assert ref['codepoint'] in OBJECTS
             for captions in per_image.values():
                 assert len(captions) == len(set(captions))
-
-
-def test_demo_phrases_box_every_named_emoji(demo_dir):
-    """phrases: one caption per scene naming each emoji once, one box per name
-    (its span covers the emoji's name), distinct kinds, training split only."""
-    raw = _load(osp.join(demo_dir, 'phrases', 'finetune_refcoco_train.json'))
-    scenes = {s['file_name']: s for s in _load(osp.join(demo_dir, 'phrases', 'scenes_train.json'))['scenes']}
-    assert len(raw['images']) == TINY['num_train'] and len(raw['annotations']) > len(raw['images'])
-    for img in raw['images']:
-        anns = [a for a in raw['annotations'] if a['image_id'] == img['id']]
-        objects = scenes[img['file_name']]['objects']
-        assert len(anns) == len(objects) >= 2
-        boxes = {tuple(o['box']): o for o in objects}
-        for ann in anns:
-            x, y, w, h = ann['bbox']
-            obj = boxes[(x, y, x + w, y + h)]
-            assert obj['name'] in img['caption'][slice(*ann['tokens_positive'][0])]
-    assert sorted(os.listdir(osp.join(demo_dir, 'phrases'))) == ['finetune_refcoco_train.json', 'images',
-                                                                  'scenes_train.json']
-    with pytest.raises(ValueError, match="variant 'phrases' has the splits"):
-        build_split(str(demo_dir), 'phrases', 'val', 2)
-    dataset = RefCOCODataset(data_root=osp.join(demo_dir, 'phrases'), ann_file='finetune_refcoco_train.json',
-                             data_prefix=dict(img='images/'), pipeline=[])
-    first = raw['images'][0]['id']
-    assert len(dataset.get_data_info(0)['instances']) == sum(a['image_id'] == first for a in raw['annotations'])
 
 
 def test_demo_colour_words_only_when_reliable():

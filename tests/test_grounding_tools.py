@@ -158,11 +158,11 @@ def test_demo_script_end_to_end(tmp_path):
     demo = load_tool('demo.py')
     out = tmp_path / 'demo'
     demo.main(['--out', str(out), '--data-root', str(tmp_path / 'data'), '--source-epochs', '1',
-               '--target-epochs', '1', '--skip-fullft', '--data-args', '--num-train', '16', '--num-val', '4',
-               '--num-test', '4', '--image-size', '96'])
+               '--target-epochs', '1', '--skip-fullft',
+               '--data-args', '--num-train 16 --num-val 4 --num-test 4 --image-size 96'])
     with open(out / 'results.json') as f:
         results = json.load(f)
-    assert set(results) == {'sherl'}
+    assert set(results) == {'before_transfer', 'sherl'} and set(results['before_transfer']) == set(SPLITS)
     sherl = results['sherl']
     assert set(sherl['acc']) == set(SPLITS) and all(0 <= v <= 100 for v in sherl['acc'].values())
     assert 0 < sherl['trainable_params'] < sherl['total_params'] and sherl['peak_train_mem_gib'] > 0

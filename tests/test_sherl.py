@@ -110,6 +110,28 @@ def test_t7_identity_construction_reproduces_frozen_stack(kind, cfg):
     assert not torch.allclose(fresh(*batch).hidden, frozen, atol=1e-3)
 
 
+@pytest.mark.parametrize('kind', ['tokens', 'decoder', 'cnn'])
+@pytest.mark.parametrize('variant', [None, 't5'])
+def test_zero_up_option_starts_at_the_frozen_stack_and_still_learns(kind, variant):
+    """mtsa=dict(zero_up=True, alpha_init=...) is the T7 construction at init:
+    the tuned stack reproduces the frozen one, and U gets a gradient."""
+    if kind == 'cnn' and variant:
+        pytest.skip('token variant')
+    stack, batch = make(kind)
+    frozen = stack.eval()(*batch).hidden
+    mtsa = dict(zero_up=True, alpha_init=2.0, **(dict(variant=variant) if variant else {}))
+    if kind == 'cnn':
+        with pytest.raises(ValueError, match='zero_up is for the token variants'):
+            SHERL(stack, mtsa=mtsa)
+        return
+    tuner = SHERL(stack, mtsa=mtsa).eval()
+    out = tuner(*batch)
+    assert torch.allclose(out.hidden, frozen, atol=1e-5)
+    out.hidden.square().sum().backward()
+    last = [m for m in tuner.mtsa[0].up if isinstance(m, (nn.Linear, nn.Conv2d, nn.LayerNorm, nn.BatchNorm2d))][-1]
+    assert last.weight.grad.abs().sum() > 0
+
+
 def test_t7_alpha_zero_output_independent_of_x_last_path():
     stack, (ids, pad) = make('tokens')
     tuner = SHERL(stack).eval()

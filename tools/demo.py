@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The grounding demo: SHERL transfer of a small MDETR-like model, on a CPU, in minutes.
 
-    python tools/demo.py [--out work_dirs/demo] [--source-epochs 15] [--target-epochs 10] [--skip-fullft]
+    python tools/demo.py [--out work_dirs/demo] [--source-epochs 60] [--target-epochs 30] [--skip-fullft]
 
 Steps (each a ``tools/train.py`` / ``tools/test.py`` run in its own process,
 so that every peak-memory figure belongs to one run; logs go to
@@ -9,17 +9,17 @@ so that every peak-memory figure belongs to one run; logs go to
 
 1. build the demo data (``tools/data/make_grounding_demo.py``: emoji
    composited on the sample photos, MDETR's RefCOCO format) unless present;
-2. pre-train a grounding model (``configs/demo/mdetr_demo_source.py``) on
-   phrase grounding (every emoji of a caption boxed), validated on the
-   *source* task (name grounding); transformer, projections and heads
-   train, the pretrained EfficientNet-Lite0 and MiniLM stay frozen;
+2. pre-train a grounding model on the *source* task
+   (``configs/demo/mdetr_demo_source.py``: name grounding; transformer,
+   projections and heads train, the pretrained EfficientNet-Lite0 and
+   MiniLM stay frozen);
 3. SHERL transfer to the *target* task (``configs/demo/sherl_mdetr_demo.py``:
    expressions with sizes, positions and spatial relations), then test on
    val / testA / testB;
 4. the same transfer with full fine-tuning (``configs/demo/fullft_mdetr_demo.py``)
    for comparison (``--skip-fullft`` leaves it out);
-5. print Acc@0.5 per split (MDETR's protocol: top-scored box, GIoU >= 0.5),
-   trainable parameters and peak training memory, write them to
+5. print Acc@0.5 per split (MDETR's protocol: top-scored box, GIoU >= 0.5)
+   before and after each transfer, trainable parameters and peak training memory, write them to
    ``OUT/results.json`` / ``OUT/results.md``, and draw a few test images
    with the predicted (red) and true (green) boxes to
    ``OUT/sherl_predictions.png``.
@@ -33,6 +33,7 @@ import os
 import os.path as osp
 import pickle
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -68,17 +69,17 @@ def latest_run_dir(work_dir: str) -> str:
     return runs[-1]
 
 
-def test_metrics(work_dir: str) -> dict:
-    run = latest_run_dir(work_dir)
+def test_metrics(run: str) -> dict:
+    """The metrics a tools/test.py run logged, from its run folder."""
     with open(osp.join(run, osp.basename(run) + '.json')) as f:
         return json.load(f)
 
 
-def peak_train_memory_gib(work_dir: str) -> float:
-    """The whole-run peak PeakMemoryHook logged (GiB; on CPU the process's
-    peak resident memory)."""
+def peak_train_memory_gib(run: str) -> float:
+    """The whole-run peak PeakMemoryHook logged in a training run's folder
+    (GiB; on CPU the process's peak resident memory)."""
     peak = 0.0
-    with open(osp.join(latest_run_dir(work_dir), 'vis_data', 'scalars.json')) as f:
+    with open(osp.join(run, 'vis_data', 'scalars.json')) as f:
         for line in f:
             record = json.loads(line)
             peak = max(peak, record.get('peak_mem_run_gib', 0.0), record.get('peak_mem_gib', 0.0))
@@ -122,11 +123,11 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--out', default='work_dirs/demo', help='folder for the runs, logs and results')
     parser.add_argument('--data-root', default='data/demo_grounding', help='demo data (built when missing)')
-    parser.add_argument('--source-epochs', type=int, default=15)
-    parser.add_argument('--target-epochs', type=int, default=10)
+    parser.add_argument('--source-epochs', type=int, default=60)
+    parser.add_argument('--target-epochs', type=int, default=30)
     parser.add_argument('--skip-fullft', action='store_true', help='leave out the full fine-tuning comparison')
-    parser.add_argument('--data-args', nargs='*', default=[],
-                        help='extra arguments for make_grounding_demo.py, e.g. --num-train 32 (small runs)')
+    parser.add_argument('--data-args', default='',
+                        help='extra arguments for make_grounding_demo.py, one string, e.g. "--num-train 32"')
     return parser.parse_args(argv)
 
 
@@ -137,22 +138,25 @@ def main(argv=None) -> None:
     os.makedirs(out, exist_ok=True)
     started = time.time()
 
-    if not all(osp.isfile(osp.join(data_root, v, f'finetune_refcoco_{split}.json'))
-               for v, split in (('phrases', 'train'), ('source', 'val'), ('target', 'testB'))):
-        run_step('data', ['tools/data/make_grounding_demo.py', '--out', data_root, *args.data_args], out)
+    if not all(osp.isfile(osp.join(data_root, v, 'finetune_refcoco_testB.json')) for v in ('source', 'target')):
+        run_step('data', ['tools/data/make_grounding_demo.py', '--out', data_root, *shlex.split(args.data_args)], out)
 
-    def data_options(train: str, evaluate: str) -> list[str]:
-        """The data roots of the ``train`` variant's training split and of the
-        ``evaluate`` variant's val / test splits."""
-        train_root, eval_root = (osp.join(data_root, v) + '/' for v in (train, evaluate))
-        return [f'train_dataloader.dataset.data_root={train_root}', f'val_dataloader.dataset.data_root={eval_root}',
-                *(f'test_dataloader.dataset.datasets.{i}.data_root={eval_root}' for i in range(len(SPLITS)))]
+    def data_options(variant: str) -> list[str]:
+        root = osp.join(data_root, variant) + '/'
+        return [f'{loader}.dataset.data_root={root}' for loader in ('train_dataloader', 'val_dataloader')] + [
+            f'test_dataloader.dataset.datasets.{i}.data_root={root}' for i in range(len(SPLITS))]
 
     source_dir = osp.join(out, 'source')
     source_ckpt = osp.join(source_dir, f'epoch_{args.source_epochs}.pth')
     run_step('source', ['tools/train.py', SOURCE_CONFIG, '--work-dir', source_dir, '--cfg-options',
                         f'train_cfg.max_epochs={args.source_epochs}', f'train_cfg.val_interval={args.source_epochs}',
-                        f'default_hooks.checkpoint.interval={args.source_epochs}', *data_options('phrases', 'source')], out)
+                        f'default_hooks.checkpoint.interval={args.source_epochs}', *data_options('source')], out)
+
+    # the pre-trained model on the target task, before any transfer: what the tuners start from
+    run_step('source-on-target', ['tools/test.py', SOURCE_CONFIG, source_ckpt, '--work-dir', source_dir,
+                                  '--cfg-options', *data_options('target')], out)
+    metrics = test_metrics(latest_run_dir(source_dir))
+    before = {split: metrics[f'refexp_giou0.5/demo_target_{split}_P@1'] for split in SPLITS}
 
     results = {}
     methods = {k: v for k, v in METHODS.items() if not (args.skip_fullft and k == 'fullft')}
@@ -161,23 +165,26 @@ def main(argv=None) -> None:
         train_log = run_step(f'{method}-train', [
             'tools/train.py', config, '--work-dir', work_dir, '--cfg-options', f'load_from={source_ckpt}',
             f'train_cfg.max_epochs={args.target_epochs}', f'train_cfg.val_interval={args.target_epochs}',
-            f'default_hooks.checkpoint.interval={args.target_epochs}', *data_options('target', 'target')], out)
+            f'default_hooks.checkpoint.interval={args.target_epochs}', *data_options('target')], out)
+        train_run = latest_run_dir(work_dir)
         preds = osp.join(work_dir, 'test_predictions.pkl')
         run_step(f'{method}-test', [
             'tools/test.py', config, osp.join(work_dir, f'epoch_{args.target_epochs}.pth'), '--work-dir', work_dir,
-            '--out', preds, '--cfg-options', *data_options('target', 'target')], out)
-        metrics = test_metrics(work_dir)
+            '--out', preds, '--cfg-options', *data_options('target')], out)
+        metrics = test_metrics(latest_run_dir(work_dir))
         trainable, total = trainable_parameters(train_log)
         results[method] = dict(
             acc={split: metrics[f'refexp_giou0.5/demo_target_{split}_P@1'] for split in SPLITS},
-            trainable_params=trainable, total_params=total, peak_train_mem_gib=peak_train_memory_gib(work_dir),
+            trainable_params=trainable, total_params=total, peak_train_mem_gib=peak_train_memory_gib(train_run),
             predictions=preds)
 
     png = osp.join(out, 'sherl_predictions.png')
     draw_predictions(results['sherl']['predictions'], png)
     header = ('| method | trainable params | peak train memory (GiB, process RSS) | '
               + ' | '.join(f'Acc@0.5 {s}' for s in SPLITS) + ' |')
-    rows = [header, '|' + ' --- |' * (3 + len(SPLITS))]
+    rows = [header, '|' + ' --- |' * (3 + len(SPLITS)),
+            '| before transfer (the pre-trained model) | - | - | ' + ' | '.join(f'{before[s]:.1f}' for s in SPLITS)
+            + ' |']
     for method, r in results.items():
         rows.append(f'| {method} | {r["trainable_params"]:,} ({100 * r["trainable_params"] / r["total_params"]:.2f}%) '
                     f'| {r["peak_train_mem_gib"]:.2f} | ' + ' | '.join(f'{r["acc"][s]:.1f}' for s in SPLITS) + ' |')
@@ -185,7 +192,7 @@ def main(argv=None) -> None:
     with open(osp.join(out, 'results.md'), 'w') as f:
         f.write(table + '\n')
     with open(osp.join(out, 'results.json'), 'w') as f:
-        json.dump(results, f, indent=2)
+        json.dump(dict(before_transfer=before, **results), f, indent=2)
     print(f'\nGrounding demo, target task (test with {osp.relpath(data_root, REPO)}/target), '
           f'{time.time() - started:.0f} s in all:\n{table}\npredictions drawn in {osp.relpath(png, REPO)}')
 

@@ -7,5 +7,5 @@
 _base_ = ['./sherl_mdetr_demo.py']
 
 model = dict(tuner=dict(_delete_=True, type='FullFineTune', targets=['encoder', 'decoder']))
-optim_wrapper = dict(optimizer=dict(lr=1e-4, weight_decay=1e-4), paramwise_cfg=dict(_delete_=True))
+optim_wrapper = dict(optimizer=dict(lr=1e-4, weight_decay=1e-4))
 custom_hooks = [dict(type='EarlyRouteCacheHook', stacks=['image', 'text'])]

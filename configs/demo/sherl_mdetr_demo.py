@@ -3,7 +3,8 @@
 # relations ("the big dog face", "the fish left of the yellow banana"). As in the paper's MDETR setting,
 # everything pre-trained is frozen (EfficientNet, MiniLM, projections, queries, the 6+6 transformer
 # layers); MTSA on encoder layers {0,1,3,5} and decoder layers {0,2,3,4} trains, the frozen last decoder
-# layer regulates its output, and the heads train at 0.1x the lr. The whole early route (image and text
+# layer regulates its output, and the heads train too (at the same lr: the paper's 0.1x is for 10 epochs
+# of RefCOCO from a converged MDETR, this is minutes from a small model). The whole early route (image and text
 # encoders, the encoder, decoder layers 0-4) is frozen, so from the second epoch on EarlyRouteCacheHook
 # serves it from disk and a step runs only MTSA, the last decoder layer and the heads.
 #   python tools/train.py configs/demo/mdetr_demo_source.py      (step 1, writes the checkpoint below)
@@ -11,12 +12,10 @@
 _base_ = ['../_base_/default_runtime.py', '../_base_/datasets/grounding_demo.py',
           '../_base_/models/mdetr_demo.py']
 
-load_from = 'work_dirs/mdetr_demo_source/epoch_40.pth'
+load_from = 'work_dirs/mdetr_demo_source/epoch_60.pth'
 train_dataloader = dict(dataset=dict(pipeline={{_base_.test_pipeline}}))
 optim_wrapper = dict(type='OptimWrapper', constructor='TrainableOptimWrapperConstructor',
-                     optimizer=dict(type='AdamW', lr=1e-3, weight_decay=0.0),
-                     paramwise_cfg=dict(custom_keys={'head.': dict(lr_mult=0.1)}),
-                     clip_grad=dict(max_norm=0.1))
+                     optimizer=dict(type='AdamW', lr=1e-3, weight_decay=0.0), clip_grad=dict(max_norm=0.1))
 max_epochs = 30
 param_scheduler = [dict(type='MultiStepLR', by_epoch=True, milestones=[int(max_epochs * 0.8)], gamma=0.1)]
 train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs, val_interval=max_epochs)

@@ -161,10 +161,6 @@ class EfficientNetStack(_ConvStack):
         override_params: more ``GlobalParams`` overrides for ``from_name``,
             e.g. ``dict(width_coefficient=0.25)`` for a tiny random model.
         norm_eval: keep the BNs in eval mode in training.
-        num_layers: keep only the first ``num_layers`` blocks; the output is
-            then that block's map, without the head conv (e.g. ``11`` for
-            lite0: block 10, 112 channels at stride 16, for finer boxes as
-            DETR's dilated-C5 variant gets). ``None``: all blocks + head.
 
     Route: :meth:`embed` = stem (``_conv_stem`` + ``_bn0`` + activation);
     layers = the MBConv ``_blocks``; :meth:`finalize` = ``_conv_head`` +
@@ -178,7 +174,7 @@ class EfficientNetStack(_ConvStack):
 
     def __init__(self, pretrained: bool | str | os.PathLike = True, model_name: str = 'efficientnet-lite0',
                  image_size: int | None = None, drop_connect_rate: float | None = None,
-                 override_params: dict | None = None, norm_eval: bool = True, num_layers: int | None = None,
+                 override_params: dict | None = None, norm_eval: bool = True,
                  init_cfg: dict | None = None) -> None:
         super().__init__(init_cfg=init_cfg)
         from efficientnet_lite_pytorch import EfficientNet
@@ -194,14 +190,6 @@ class EfficientNetStack(_ConvStack):
             state = load_state_dict_file(path, 'pretrained', owner)
             load_into(net, state, 'pretrained', owner, path)
         net._fc = nn.Identity()  # the ImageNet classifier is not part of the stack
-        self.truncated = num_layers is not None and num_layers != len(net._blocks)
-        if num_layers is not None:
-            if not 1 <= num_layers <= len(net._blocks):
-                raise ValueError(f'{owner}: num_layers={num_layers} is out of range; {model_name} has '
-                                 f'{len(net._blocks)} blocks')
-            if self.truncated:  # the head conv reads the last block's channels: it goes too
-                net._blocks = net._blocks[:num_layers]
-                net._conv_head = net._bn1 = None
         self.net = net
         self.norm_eval = norm_eval
         blocks = list(net._blocks)
@@ -248,13 +236,7 @@ class EfficientNetStack(_ConvStack):
             rate *= float(index) / len(self.layers)
         return self.layers[index](hidden, drop_connect_rate=rate)
 
-    @property
-    def output_stage(self) -> str:
-        return 'identity' if self.truncated else 'other'
-
     def finalize(self, hidden: Tensor, context: dict) -> Tensor:
-        if self.truncated:
-            return hidden
         net = self.net
         return net._swish(net._bn1(net._conv_head(hidden)))
 

@@ -28,14 +28,7 @@ Two variants, for the demo's two-phase transfer:
   so transfer must learn attributes and relations; both referents of a pair
   are asked about, so "always the bigger one" does not work either.
 
-* ``phrases`` -- *phrase grounding* (training split only): scenes as in
-  ``source``, one caption per scene naming every emoji ("a banana, the green
-  frog face and a car") with one box per name, as MDETR pre-trains on
-  captions whose every phrase is boxed. Each sample supervises 2-4 boxes
-  instead of one, which is what lets the demo's DETR-style model learn to
-  find emoji in minutes; it is evaluated on ``source``'s val split.
-
-All use the same 12 emoji (6 animals, 6 objects) and disjoint scenes.
+Both use the same 12 emoji (6 animals, 6 objects) and disjoint scenes.
 Splits follow RefCOCO: ``train`` and ``val`` mix everything; ``testA``
 refers to animals only and ``testB`` to objects only (RefCOCO: people vs
 other objects). No split shares an image with another.
@@ -65,10 +58,7 @@ import numpy as np
 
 from .demo_retrieval_vqa import ATTRIBUTION, emoji_colour, emoji_name, load_photo, render_emoji
 
-VARIANTS = ('source', 'target', 'phrases')
-#: the splits each variant has (phrase captions box several objects: training only)
-VARIANT_SPLITS = {'source': ('train', 'val', 'testA', 'testB'), 'target': ('train', 'val', 'testA', 'testB'),
-                  'phrases': ('train', )}
+VARIANTS = ('source', 'target')
 SPLITS = ('train', 'val', 'testA', 'testB')
 
 #: testA refers to these (RefCOCO testA: people) ...
@@ -230,20 +220,6 @@ def source_expression(objs: list[Obj], ref: int, rng: np.random.Generator) -> tu
     return dict(kind=objs[ref].codepoint, type='name'), caption, [[len(prefix), len(caption)]], []
 
 
-def phrases_caption(objs: list[Obj], rng: np.random.Generator) -> tuple[str, list[int], list[list[list[int]]]]:
-    """Every emoji named once, in random order: ``(caption, object order,
-    tokens_positive per named object)``."""
-    order = [int(i) for i in rng.permutation(len(objs))]
-    caption, spans = '', []
-    for k, i in enumerate(order):
-        noun = _noun(objs[i].codepoint, rng)
-        phrase = ('the ' + noun) if rng.random() < 0.5 else _article(noun)
-        caption += '' if k == 0 else (' and ' if k == len(order) - 1 else ', ')
-        spans.append([[len(caption) + len(phrase) - len(noun), len(caption) + len(phrase)]])
-        caption += phrase
-    return caption, order, spans
-
-
 def target_candidates(objs: list[Obj], ref: int) -> list[dict]:
     """Every structured expression that denotes exactly ``objs[ref]``."""
     kind = objs[ref].codepoint
@@ -325,7 +301,7 @@ def render_scene(scene: Scene, rng: np.random.Generator):
 
 # --------------------------------------------------------------------------- writing
 
-_VARIANT_ID = {'source': 1, 'target': 2, 'phrases': 3}
+_VARIANT_ID = {'source': 1, 'target': 2}
 _SPLIT_ID = {s: i for i, s in enumerate(SPLITS)}
 
 
@@ -339,13 +315,13 @@ def build_split(out_dir: str, variant: str, split: str, num_expressions: int, se
     """Write one split of one variant; returns the annotation file's path."""
     if variant not in VARIANTS:
         raise ValueError(f'variant must be one of {VARIANTS}, got {variant!r}')
-    if split not in VARIANT_SPLITS[variant]:
-        raise ValueError(f'variant {variant!r} has the splits {VARIANT_SPLITS[variant]}, not {split!r}')
+    if split not in SPLITS:
+        raise ValueError(f'split must be one of {SPLITS}, got {split!r}')
     if refs_per_scene not in (1, 2):
         raise ValueError(f'refs_per_scene must be 1 or 2, got {refs_per_scene}')
     rng = np.random.default_rng([seed, _VARIANT_ID[variant], _SPLIT_ID[split]])
     pool = {'testA': ANIMALS, 'testB': OBJECTS}.get(split, GROUNDING_EMOJI)
-    sample = sample_target_scene if variant == 'target' else sample_source_scene
+    sample = sample_source_scene if variant == 'source' else sample_target_scene
     express = source_expression if variant == 'source' else target_expression
     os.makedirs(osp.join(out_dir, 'images'), exist_ok=True)
     cat_id = {c: i + 1 for i, c in enumerate(GROUNDING_EMOJI)}
@@ -364,21 +340,8 @@ def build_split(out_dir: str, variant: str, split: str, num_expressions: int, se
         img = render_scene(scene, rng)
         file_name = f'{split}_{scene_idx:05d}.jpg'
         img.save(osp.join(out_dir, 'images', file_name), quality=92)
-        exprs = []
-        if variant == 'phrases':
-            caption, order, spans = phrases_caption(objs, rng)
-            img_id = len(images)
-            images.append(dict(file_name=file_name, height=height, width=width, id=img_id, original_id=scene_idx,
-                               caption=caption, dataset_name=f'demo_{variant}', tokens_negative=[]))
-            for i, pos in zip(order, spans):
-                x0, y0, x1, y1 = objs[i].box
-                annotations.append(dict(area=(x1 - x0) * (y1 - y0), iscrowd=0, image_id=img_id,
-                                        category_id=cat_id[objs[i].codepoint], id=len(annotations),
-                                        bbox=[x0, y0, x1 - x0, y1 - y0], original_id=scene_idx * 10 + i,
-                                        tokens_positive=pos))
-            exprs.append(dict(image_id=img_id, caption=caption, referents=order, spec=dict(type='phrases')))
-            want = 0
         refs = [int(r) for r in rng.permutation(candidates)[:want]]
+        exprs = []
         for ref in refs:
             for _ in range(20):  # the two referents of a scene get different captions
                 spec, caption, pos, neg = express(objs, ref, rng)
@@ -398,7 +361,7 @@ def build_split(out_dir: str, variant: str, split: str, num_expressions: int, se
         scenes.append(dict(file_name=file_name, original_id=scene_idx, width=width, height=height,
                            background=scene.background, objects=[o.to_json() for o in objs], expressions=exprs))
         scene_idx += 1
-    task = dict(source='name grounding', target='referring expressions', phrases='phrase grounding')[variant]
+    task = 'name grounding' if variant == 'source' else 'referring expressions'
     description = (f'sherl_mm grounding demo, variant {variant!r} ({task}), split {split!r}, seed {seed}; '
                    'MDETR RefCOCO annotation format')
     ann = dict(info=dict(description=description, version='1.0', contributor=ATTRIBUTION),
@@ -418,8 +381,7 @@ def build_grounding_demo(out_dir: str = 'data/demo_grounding', seed: int = 0,
                          num_test: int = 100, image_size: int = 160, refs_per_scene: int = 2) -> dict[str, dict]:
     """Write ``out_dir/<variant>/`` for each variant: the four MDETR-format
     annotation files, ``scenes_<split>.json`` and ``images/``. ``num_*``
-    count expressions (samples); a scene yields ``refs_per_scene`` of them
-    (one phrase caption in ``phrases``),
+    count expressions (samples); a scene yields ``refs_per_scene`` of them,
     ``num_test`` is per test split (testA, testB). Returns
     ``{variant: {split: annotation path}}``."""
     variants = (variants, ) if isinstance(variants, str) else tuple(variants)
@@ -429,12 +391,12 @@ def build_grounding_demo(out_dir: str = 'data/demo_grounding', seed: int = 0,
         vdir = osp.join(out_dir, variant)
         out[variant] = {split: build_split(vdir, variant, split, counts[split], seed=seed, image_size=image_size,
                                            refs_per_scene=refs_per_scene)
-                        for split in VARIANT_SPLITS[variant]}
+                        for split in SPLITS}
     os.makedirs(out_dir, exist_ok=True)
     with open(osp.join(out_dir, 'ATTRIBUTION.txt'), 'w') as f:
         f.write(ATTRIBUTION + '\n')
     return out
 
 
-__all__ = ['ANIMALS', 'OBJECTS', 'GROUNDING_EMOJI', 'SPLITS', 'VARIANTS', 'VARIANT_SPLITS', 'build_grounding_demo',
-           'build_split', 'phrases_caption', 'resolve_expression', 'target_candidates', 'reliable_colour']
+__all__ = ['ANIMALS', 'OBJECTS', 'GROUNDING_EMOJI', 'SPLITS', 'VARIANTS', 'build_grounding_demo', 'build_split',
+           'resolve_expression', 'target_candidates', 'reliable_colour']

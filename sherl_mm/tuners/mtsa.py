@@ -145,6 +145,15 @@ class MTSA(nn.Module):
         eps: ε of the ℓ2- and ℓ1-norms.
         temperature: ``T`` of the gate ``tanh(α/T)``.
         alpha_init: initial ``α`` (0: the late layer sees only ``U(e')``).
+        zero_up: zero the last affine layer of ``U`` (the LayerNorm / BatchNorm
+            after the up-projection, else the up-projection itself), so that
+            ``U(e') = 0`` at initialisation; with a large ``alpha_init``
+            (``tanh(α/T) ≈ 1``) the late layer then starts from ``x_last`` and
+            the tuned model from the pre-trained one (METHOD.md T7's identity
+            construction as an initialisation, as LoRA starts with ``B = 0``).
+            Beyond the paper, whose gate starts closed; useful when the
+            transfer is short. ``U`` still learns: the zeroed layer's gradient
+            is not zero. Token variants only.
         init: ``'xavier'`` (xavier-uniform on every tensor with dim > 1, biases
             keep PyTorch's default: MDETR), ``'normal'`` (Linear/Conv weights
             ``N(0, init_std)``, zero biases: T5 / BERT) or ``'default'``.
@@ -155,8 +164,8 @@ class MTSA(nn.Module):
                  out_channels: int | None = None, variant: str = 'mdetr', down: str | None = None,
                  score: str = 'learned', post_mlp: bool | None = None, up_norm: bool | None = None,
                  up_norm_eps: float | None = None, up_dropout: float | None = None, eps: float | None = None,
-                 temperature: float = 0.1, alpha_init: float = 0.0, init: str | None = None,
-                 init_std: float | None = None, norm_eps: float = 1e-5) -> None:
+                 temperature: float = 0.1, alpha_init: float = 0.0, zero_up: bool = False,
+                 init: str | None = None, init_std: float | None = None, norm_eps: float = 1e-5) -> None:
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f'MTSA: variant must be one of {sorted(VARIANTS)}, got {variant!r}')
@@ -183,6 +192,9 @@ class MTSA(nn.Module):
             raise ValueError(f'MTSA: in_channels lists {len(widths)} widths but num_sets is {num_sets}')
         if int(side_width) < 1:
             raise ValueError(f'MTSA: side_width must be positive, got {side_width!r}')
+        if down == 'cnn' and zero_up:
+            raise ValueError('MTSA(down="cnn"): zero_up is for the token variants; the CNN up-projection ends with '
+                             'ReLU(BN(.)), whose gradient is zero where its output is zero')
         if down == 'cnn' and (post_mlp or up_norm):
             raise ValueError('MTSA(down="cnn"): post_mlp and up_norm are token-variant options; the CNN '
                              'up-projection is ReLU(BN(Conv1x1))')
@@ -213,6 +225,10 @@ class MTSA(nn.Module):
             self.up = nn.Sequential(*up)
         self.alpha = nn.Parameter(torch.full((1,), float(alpha_init)))
         self.init_weights(init, init_std)
+        if zero_up:
+            last = [m for m in self.up if isinstance(m, (nn.Linear, nn.Conv2d, nn.LayerNorm, nn.BatchNorm2d))][-1]
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
 
     # ------------------------------------------------------------------ init
     def init_weights(self, init: str = 'xavier', std: float = 0.02) -> None:

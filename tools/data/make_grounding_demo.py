@@ -2,18 +2,16 @@
 """Build the visual-grounding demo data (MDETR's RefCOCO format) from package-shipped content.
 
     python tools/data/make_grounding_demo.py [--out data/demo_grounding] [--seed 0]
-        [--variant all|source|target|phrases] [--num-train 600] [--num-val 100] [--num-test 100]
+        [--variant both|source|target] [--num-train 600] [--num-val 100] [--num-test 100]
         [--image-size 160] [--refs-per-scene 2]
 
 Writes, for each variant, OUT/<variant>/finetune_refcoco_{train,val,testA,testB}.json,
 OUT/<variant>/scenes_<split>.json and OUT/<variant>/images/*.jpg, read by
 configs/_base_/datasets/grounding_demo.py (target) and grounding_demo_source.py (source).
 
-  source:  name grounding ("the banana"): the pre-trained model is validated on it.
-  phrases: phrase grounding, training split only ("a banana, the frog face and a car", every
-           emoji boxed): what the pre-trained model trains on.
-  target:  referring expressions that need size, position or relations
-           ("the big dog face", "the fish left of the yellow banana"): the transfer task.
+  source: name grounding ("the banana"): pre-train a grounding model on it.
+  target: referring expressions that need size, position or relations
+          ("the big dog face", "the fish left of the yellow banana"): the transfer task.
 
 Deterministic given --seed. Content: OpenMoji emoji (CC BY-SA 4.0) on scikit-image sample photos.
 """
@@ -31,7 +29,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--out', default='data/demo_grounding', help='output folder')
     parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--variant', default='all', choices=('all', ) + VARIANTS)
+    parser.add_argument('--variant', default='both', choices=('both', ) + VARIANTS)
     parser.add_argument('--num-train', type=int, default=600, help='training expressions per variant')
     parser.add_argument('--num-val', type=int, default=100)
     parser.add_argument('--num-test', type=int, default=100, help='expressions in each of testA and testB')
@@ -39,7 +37,7 @@ def main(argv=None) -> None:
     parser.add_argument('--refs-per-scene', type=int, default=2, choices=(1, 2),
                         help='expressions (different referents) per image')
     args = parser.parse_args(argv)
-    variants = VARIANTS if args.variant == 'all' else (args.variant, )
+    variants = VARIANTS if args.variant == 'both' else (args.variant, )
     paths = build_grounding_demo(args.out, seed=args.seed, variants=variants, num_train=args.num_train,
                                  num_val=args.num_val, num_test=args.num_test, image_size=args.image_size,
                                  refs_per_scene=args.refs_per_scene)
