@@ -36,12 +36,17 @@ class StackOutput:
             UniPT's side state (width ``d``); ``None`` on the plain route.
         intermediates: hidden state after every layer run on the route,
             before the output stage, when the caller asked for them.
+        aux: auxiliary outputs that the tuned route itself makes for the
+            model's heads, in ``hidden``'s space, shallowest first (UniPT's
+            MDETR decoder side: its per-layer side states, up-projected);
+            ``None``: a model with auxiliary heads derives them itself.
     """
 
     hidden: Tensor
     frozen: Tensor | None = None
     side: Tensor | None = None
     intermediates: list[Tensor] | None = None
+    aux: list[Tensor] | None = None
 
 
 class BackboneStack(BaseModule):

@@ -20,6 +20,7 @@ from .lst import LST, lst_gate
 from .mtsa import MTSA, l1norm, l2norm, redundancy
 from .sherl import SHERL
 from .unipt import UniPT, UniPTModule, linear_attention, masked_mean
+from .unipt_mdetr import UniPTMDETR
 
-__all__ += ['EarlyRouteCache', 'FeatureCacheMixin', 'LST', 'MTSA', 'SHERL', 'UniPT', 'UniPTModule', 'l1norm',
-            'l2norm', 'linear_attention', 'lst_gate', 'masked_mean', 'redundancy']
+__all__ += ['EarlyRouteCache', 'FeatureCacheMixin', 'LST', 'MTSA', 'SHERL', 'UniPT', 'UniPTMDETR', 'UniPTModule',
+            'l1norm', 'l2norm', 'linear_attention', 'lst_gate', 'masked_mean', 'redundancy']

@@ -23,8 +23,10 @@ the authors' CNN UniPT (their unfold/fold spatial re-weighting is not
 implemented).
 
 The MDETR form of section 3.2 (decoder side cross-attending to the encoder
-side memory, per-layer ``side_projection_crosser``, four head outputs) is not
-implemented.
+side memory, per-layer crossers, four head outputs) is
+:class:`~sherl_mm.tuners.unipt_mdetr.UniPTMDETR`; it shares
+:func:`linear_attention`, :func:`masked_mean`, :func:`down_projection` and
+:func:`merge_by_confidence` with this module.
 """
 from __future__ import annotations
 
@@ -64,6 +66,35 @@ def linear_attention(query: Tensor, context: Tensor, valid: Tensor | None = None
     return torch.matmul(weights, context), weights
 
 
+def down_projection(in_width: int, side_width: int, norm_eps: float = 1e-5) -> nn.Sequential:
+    """UniPT's down-projection ``LN_d∘Linear_{D→d}``: ``(B, K, D) -> (B, K, d)``."""
+    return nn.Sequential(nn.Linear(in_width, side_width), nn.LayerNorm(side_width, eps=norm_eps))
+
+
+def merge_by_confidence(anchor: Tensor, targets: Sequence[Tensor], gate: nn.Module, valid: Tensor | None = None,
+                        eps: float = 1e-8) -> Tensor:
+    """UniPT's parallel interaction + confidence aggregation ``Σ_j π_j Mg_j``
+    (METHOD.md 3.1): ``Mg_j = linear_attention(A, T_j, valid) (+ I)``,
+    ``π = softmax_j(gate(a ⊙ t_j))`` with ``a``, ``t_j`` the masked token means.
+
+    Args:
+        anchor: ``A``, ``(B, K, d)``.
+        targets: the ``T_j``, each ``(B, K, d)``.
+        gate: ``Linear_{d→1}``, shared across ``j``.
+        valid: ``(B, K)`` bool, True at real tokens; None: every token counts.
+        eps: ε of the row ℓ1-norm.
+
+    Returns ``(B, K, d)``.
+    """
+    a = masked_mean(anchor, valid)
+    merged, confidence = [], []
+    for target in targets:
+        merged.append(linear_attention(anchor, target, valid, eps)[0])
+        confidence.append(gate(a * masked_mean(target, valid)))
+    pi = torch.softmax(torch.cat(confidence, dim=1), dim=1)                     # (B, N-1)
+    return (torch.stack(merged, dim=1) * pi[:, :, None, None]).sum(dim=1)
+
+
 @MODELS.register_module()
 class UniPTModule(nn.Module):
     """UniPT's parallel interaction + confidence aggregation (METHOD.md 3.1).
@@ -84,8 +115,7 @@ class UniPTModule(nn.Module):
                              f'got {len(in_channels)}')
         d = int(side_width)
         self.in_channels, self.side_width, self.out_channels, self.eps = list(in_channels), d, out_channels, eps
-        self.downsample_layers = nn.ModuleList(nn.Sequential(nn.Linear(w, d), nn.LayerNorm(d, eps=norm_eps))
-                                               for w in in_channels)
+        self.downsample_layers = nn.ModuleList(down_projection(w, d, norm_eps) for w in in_channels)
         self.projection_layer = nn.Sequential(nn.Linear(d, d), nn.LayerNorm(d, eps=norm_eps))
         self.upsample_layer = nn.Sequential(nn.ReLU(), nn.Linear(d, out_channels))
         self.gate_layer = nn.Linear(d, 1)
@@ -95,15 +125,8 @@ class UniPTModule(nn.Module):
         if len(feats) != len(self.downsample_layers):
             raise ValueError(f'UniPT expects {len(self.downsample_layers)} hidden states, got {len(feats)}')
         anchor = self.downsample_layers[-1](feats[-1])
-        a = masked_mean(anchor, valid)
-        merged, confidence = [], []
-        for down, h in zip(self.downsample_layers[:-1], feats[:-1]):
-            target = down(h)
-            merged.append(linear_attention(anchor, target, valid, self.eps)[0])
-            confidence.append(self.gate_layer(a * masked_mean(target, valid)))
-        pi = torch.softmax(torch.cat(confidence, dim=1), dim=1)                 # (B, N-1)
-        mg = (torch.stack(merged, dim=1) * pi[:, :, None, None]).sum(dim=1)
-        return anchor + self.projection_layer(mg)
+        targets = [down(h) for down, h in zip(self.downsample_layers[:-1], feats[:-1])]
+        return anchor + self.projection_layer(merge_by_confidence(anchor, targets, self.gate_layer, valid, self.eps))
 
     def forward(self, feats: Sequence[Tensor], valid: Tensor | None = None) -> Tensor:
         return self.upsample_layer(self.fuse(feats, valid))
@@ -206,4 +229,4 @@ class UniPT(FrozenStackTuner):
                            intermediates=intermediates if return_intermediates else None)
 
 
-__all__ = ['UniPT', 'UniPTModule', 'linear_attention', 'masked_mean']
+__all__ = ['UniPT', 'UniPTModule', 'down_projection', 'linear_attention', 'masked_mean', 'merge_by_confidence']

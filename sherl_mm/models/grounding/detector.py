@@ -17,8 +17,12 @@ The four stacks (``image``, ``text``, ``encoder``, ``decoder``) go through
 decoder layer only (``late_context``), the early decoder layers attend to the
 frozen encoder output (``StackOutput.frozen``), the contrastive-align head
 reads the frozen encoder's text tokens, and the single auxiliary output is the
-decoder's MTSA output (``StackOutput.side``). On plain routes the auxiliary
-outputs are the decoder-norm'd intermediate layer outputs, as in MDETR.
+decoder's MTSA output (``StackOutput.side``). A decoder tuner that makes its
+own auxiliary head inputs returns them as ``StackOutput.aux``; UniPT's MDETR
+form (METHOD.md §3.2) does so (three up-projected side states), and its decoder
+side reads the encoder side memory from the same ``late_context['memory']``.
+On plain routes the auxiliary outputs are the decoder-norm'd intermediate layer
+outputs, as in MDETR.
 """
 from __future__ import annotations
 
@@ -314,7 +318,9 @@ class MDETRGrounding(BaseDetector):
 
         hidden_states = []
         if aux:
-            if sherl_decoder:
+            if dec.aux is not None:        # the tuned route made its own auxiliary head inputs
+                hidden_states.extend(dec.aux)
+            elif sherl_decoder:
                 hidden_states.append(dec.side)
             elif dec.intermediates:
                 decoder_stack = self.stacks['decoder'].stack
