@@ -41,6 +41,8 @@ test_cfg = dict(type='TestLoop')
 default_hooks = dict(logger=dict(interval=20), checkpoint=dict(interval=3, max_keep_ckpts=1))
 randomness = dict(seed=0)
 # tools/analysis/benchmark_tuners.py: LoRA's default targets are Linear layers; on the EfficientNet it takes
-# the 1x1 expansion / projection convolutions of the MBConv blocks (not the depthwise ones).
+# the 1x1 expansion / projection convolutions of the MBConv blocks (not the depthwise ones). Prompt tokens
+# exist for token stacks only: prompt tuning tunes the text encoder, the CNN stays frozen.
 benchmark_tuners = dict(lora=dict(type='LoRA', rank=8, alpha=16,
-                                  per_stack=dict(image=dict(target_modules=r'.*_(expand|project)_conv'))))
+                                  per_stack=dict(image=dict(target_modules=r'.*_(expand|project)_conv'))),
+                        prompt=dict(type='PromptTuning', num_tokens=10, targets=['text']))
