@@ -95,14 +95,21 @@ def dataset_fingerprint(dataset_cfg: Any) -> str:
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
-def upstream_digest(model: nn.Module, tuner: nn.Module) -> str:
-    """A hash of every frozen parameter of ``model`` outside ``tuner``: what
-    may feed the tuner's inputs (input projections, other stacks)."""
+def frozen_parameter_digests(model: nn.Module) -> list[tuple[int, str, str]]:
+    """``(id, name, digest)`` of every frozen parameter of ``model``, each
+    hashed once (the model's frozen weights can be hundreds of MB)."""
+    return [(id(p), name, tensor_digest(p)) for name, p in model.named_parameters() if not p.requires_grad]
+
+
+def upstream_digest(digests: list[tuple[int, str, str]], tuner: nn.Module) -> str:
+    """A hash of the frozen parameters in ``digests`` (see
+    :func:`frozen_parameter_digests`) outside ``tuner``: what may feed the
+    tuner's inputs (input projections, other stacks)."""
     own = {id(p) for p in tuner.parameters()}
     h = hashlib.blake2b(digest_size=16)
-    for name, param in model.named_parameters():
-        if not param.requires_grad and id(param) not in own:
-            h.update(f'{name}:{tensor_digest(param)};'.encode())
+    for param_id, name, digest in digests:
+        if param_id not in own:
+            h.update(f'{name}:{digest};'.encode())
     return h.hexdigest()
 
 
@@ -160,8 +167,9 @@ class EarlyRouteCacheHook(Hook):
         if not self.tuners:
             raise ValueError('EarlyRouteCacheHook: the model has no frozen stack or SHERL stack to cache')
         root = self.dir or osp.join(runner.work_dir, 'feature_cache')
+        digests = frozen_parameter_digests(model)
         for name, tuner in self.tuners.items():
-            tuner.enable_feature_cache(osp.join(root, name), pipeline, upstream=upstream_digest(model, tuner),
+            tuner.enable_feature_cache(osp.join(root, name), pipeline, upstream=upstream_digest(digests, tuner),
                                        rebuild_stale=self.rebuild_stale)
         runner.logger.info(f'EarlyRouteCacheHook: caching the frozen routes of {sorted(self.tuners)} in {root} '
                            f'({", ".join(f"{n}: {len(t.feature_cache)} samples" for n, t in self.tuners.items())})')
@@ -186,4 +194,4 @@ class EarlyRouteCacheHook(Hook):
 
 
 __all__ = ['EarlyRouteCacheHook', 'batch_sample_keys', 'cacheable_tuners', 'check_deterministic_pipeline',
-           'dataset_fingerprint', 'upstream_digest']
+           'dataset_fingerprint', 'frozen_parameter_digests', 'upstream_digest']

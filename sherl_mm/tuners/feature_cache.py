@@ -1,10 +1,11 @@
-"""On-disk cache of SHERL's early route, keyed by sample (beyond the paper).
+"""On-disk cache of a model's frozen routes, keyed by sample (beyond the paper).
 
-SHERL runs its input stage and frozen early layers under ``torch.no_grad``;
-with a deterministic data pipeline (no random augmentation) and the frozen
-layers in eval mode (no dropout) their outputs are the same every epoch. The
-cache stores them on the first epoch and serves them afterwards, so later
-epochs run only MTSA, the late layers and the head.
+A frozen stack (an image backbone, a text encoder) and SHERL's early route
+(input stage and frozen early layers, under ``torch.no_grad``) compute the
+same outputs every epoch when the data pipeline is deterministic (no random
+augmentation) and the frozen layers run in eval mode (no dropout). The cache
+stores them on the first epoch and serves them afterwards, so later epochs
+run only the trainable part (for SHERL: MTSA, the late layers and the head).
 
 Layout of a cache directory::
 
@@ -18,10 +19,12 @@ disk that the manifest does not list was written after the last commit (an
 interrupted run) and is removed when the cache is opened. A directory with
 shard files but no manifest is an interrupted first build and is refused.
 
-The fingerprint hashes the frozen tensors the early route reads, the route
-(insertion points and selected sets) and a user-given string naming the data
-pipeline; a cache whose fingerprint differs is refused with an error naming
-what differs, or deleted and rebuilt with ``rebuild_stale=True``.
+The fingerprint hashes the frozen tensors the route reads, the route itself
+(for SHERL: insertion points and selected sets), a string naming the data
+pipeline (the hook hashes the training dataset's config) and a digest of the
+frozen weights computed before the route; a cache whose fingerprint differs
+is refused with an error naming what differs, or its files are removed and
+it is rebuilt with ``rebuild_stale=True``.
 
 :class:`FeatureCacheMixin` is what a tuner needs to serve a frozen route
 from such a cache; :class:`~sherl_mm.tuners.BaseTuner` mixes it in, and the
