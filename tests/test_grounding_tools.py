@@ -154,16 +154,23 @@ def test_train_checkpoint_test_round_trip(tiny_refcoco, tmp_path):
 
 def test_demo_script_end_to_end(tmp_path):
     """tools/demo.py on a tiny dataset, one epoch per step (the real demo
-    is `make demo`): results per method and split, and the PNG."""
+    is `make demo`): results per method and split, and the PNG; the two
+    transfers run at the same time (--jobs 2, the default)."""
     demo = load_tool('demo.py')
     out = tmp_path / 'demo'
     demo.main(['--out', str(out), '--data-root', str(tmp_path / 'data'), '--source-epochs', '1',
-               '--target-epochs', '1', '--skip-fullft',
+               '--target-epochs', '1',
                '--data-args', '--num-train 16 --num-val 4 --num-test 4 --image-size 96'])
     with open(out / 'results.json') as f:
         results = json.load(f)
-    assert set(results) == {'before_transfer', 'sherl'} and set(results['before_transfer']) == set(SPLITS)
-    sherl = results['sherl']
-    assert set(sherl['acc']) == set(SPLITS) and all(0 <= v <= 100 for v in sherl['acc'].values())
-    assert 0 < sherl['trainable_params'] < sherl['total_params'] and sherl['peak_train_mem_gib'] > 0
+    assert set(results) == {'before_transfer', 'sherl', 'fullft'} and set(results['before_transfer']) == set(SPLITS)
+    for method in ('sherl', 'fullft'):
+        r = results[method]
+        assert set(r['acc']) == set(SPLITS) and all(0 <= v <= 100 for v in r['acc'].values())
+        assert 0 < r['trainable_params'] < r['total_params'] and r['peak_train_mem_gib'] > 0
+        other = {'sherl': 'fullft', 'fullft': 'sherl'}[method]
+        with open(out / f'{method}-train.log') as f:   # its own log, not interleaved with the other's
+            log = f.read()
+        assert str(out / method) in log and str(out / other) not in log
+    assert results['sherl']['trainable_params'] < results['fullft']['trainable_params']
     assert os.path.getsize(out / 'sherl_predictions.png') > 1000

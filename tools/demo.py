@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The grounding demo: SHERL transfer of a small MDETR-like model, on a CPU, in minutes.
 
-    python tools/demo.py [--out work_dirs/demo] [--source-epochs 60] [--target-epochs 30] [--skip-fullft]
+    python tools/demo.py [--out work_dirs/demo] [--source-epochs 50] [--target-epochs 30] [--skip-fullft]
                          [--jobs 2]
 
 Steps (each a ``tools/train.py`` / ``tools/test.py`` run in its own process,
@@ -132,7 +132,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--out', default='work_dirs/demo', help='folder for the runs, logs and results')
     parser.add_argument('--data-root', default='data/demo_grounding', help='demo data (built when missing)')
-    parser.add_argument('--source-epochs', type=int, default=60)
+    parser.add_argument('--source-epochs', type=int, default=50)
     parser.add_argument('--target-epochs', type=int, default=30)
     parser.add_argument('--skip-fullft', action='store_true', help='leave out the full fine-tuning comparison')
     parser.add_argument('--jobs', type=int, default=2,

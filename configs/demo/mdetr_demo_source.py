@@ -13,7 +13,7 @@ model = dict(tuner=dict(_delete_=True, type='FullFineTune', targets=['encoder', 
 train_dataloader = dict(dataset=dict(pipeline={{_base_.test_pipeline}}))
 optim_wrapper = dict(type='OptimWrapper', constructor='TrainableOptimWrapperConstructor',
                      optimizer=dict(type='AdamW', lr=5e-4, weight_decay=1e-4), clip_grad=dict(max_norm=0.1))
-max_epochs = 60
+max_epochs = 50
 param_scheduler = [dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=150),
                    dict(type='MultiStepLR', by_epoch=True, milestones=[int(max_epochs * 0.8)], gamma=0.1)]
 train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs, val_interval=max_epochs)

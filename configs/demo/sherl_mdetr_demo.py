@@ -18,7 +18,7 @@
 _base_ = ['../_base_/default_runtime.py', '../_base_/datasets/grounding_demo.py',
           '../_base_/models/mdetr_demo.py']
 
-load_from = 'work_dirs/mdetr_demo_source/epoch_60.pth'
+load_from = 'work_dirs/mdetr_demo_source/epoch_50.pth'
 start_at_pretrained = dict(mtsa=dict(zero_up=True, alpha_init=2.0))
 model = dict(tuner=dict(per_stack=dict(encoder=start_at_pretrained, decoder=start_at_pretrained)))
 train_dataloader = dict(dataset=dict(pipeline={{_base_.test_pipeline}}))
