@@ -349,7 +349,12 @@ def render_scene(scene: Scene, rng: np.random.Generator, jitter: float = 0.0):
 
 # --------------------------------------------------------------------------- writing
 
-_VARIANT_ID = {'source': 1, 'relations': 2, 'target': 3}
+#: per variant: its seed stream, scene sampler, expression writer, and task (for the files' info)
+_VARIANT_SPECS = {
+    'source': (1, sample_source_scene, source_expression, 'name grounding'),
+    'relations': (2, sample_relations_scene, relations_expression, 'referring expressions'),
+    'target': (3, sample_source_scene, rephrased_expression, 'name grounding in other words'),
+}
 _SPLIT_ID = {s: i for i, s in enumerate(SPLITS)}
 
 
@@ -369,10 +374,9 @@ def build_split(out_dir: str, variant: str, split: str, num_expressions: int, se
         raise ValueError(f'refs_per_scene must be 1 or 2, got {refs_per_scene}')
     if not 0.0 <= jitter <= 1.0:
         raise ValueError(f'jitter must lie in [0, 1] (a fraction of the free room in a grid cell), got {jitter}')
-    rng = np.random.default_rng([seed, _VARIANT_ID[variant], _SPLIT_ID[split]])
+    stream, sample, express, task = _VARIANT_SPECS[variant]
+    rng = np.random.default_rng([seed, stream, _SPLIT_ID[split]])
     pool = {'testA': ANIMALS, 'testB': OBJECTS}.get(split, GROUNDING_EMOJI)
-    sample = sample_relations_scene if variant == 'relations' else sample_source_scene
-    express = {'source': source_expression, 'target': rephrased_expression, 'relations': relations_expression}[variant]
     os.makedirs(osp.join(out_dir, 'images'), exist_ok=True)
     cat_id = {c: i + 1 for i, c in enumerate(GROUNDING_EMOJI)}
     images, annotations, scenes = [], [], []
@@ -411,8 +415,6 @@ def build_split(out_dir: str, variant: str, split: str, num_expressions: int, se
         scenes.append(dict(file_name=file_name, original_id=scene_idx, width=width, height=height,
                            background=scene.background, objects=[o.to_json() for o in objs], expressions=exprs))
         scene_idx += 1
-    task = {'source': 'name grounding', 'target': 'name grounding in other words',
-            'relations': 'referring expressions'}[variant]
     description = (f'sherl_mm grounding demo, variant {variant!r} ({task}), split {split!r}, seed {seed}; '
                    'MDETR RefCOCO annotation format')
     ann = dict(info=dict(description=description, version='1.0', contributor=ATTRIBUTION),
