@@ -18,4 +18,4 @@ test: install
 	$(PY) -m pytest -q tests
 
 clean:
-	rm -rf work_dirs data/demo
+	rm -rf work_dirs data/demo_grounding data/demo_retrieval data/demo_vqa
