@@ -18,8 +18,9 @@ from mmengine.structures import InstanceData
 
 import sherl_mm
 from sherl_mm.datasets import AnnotationError, GROUNDING_META_KEYS, RefCOCODataset
-from sherl_mm.datasets.demo_grounding import (ANIMALS, GRID, OBJECTS, REPHRASINGS, VARIANTS, build_grounding_demo,
-                                              emoji_name, reliable_colour, resolve_expression)
+from sherl_mm.datasets.demo_grounding import (ANIMALS, DATA_VERSION, GRID, OBJECTS, REPHRASINGS, VARIANTS,
+                                              build_grounding_demo, emoji_name, read_build_stamp, reliable_colour,
+                                              resolve_expression)
 from sherl_mm.datasets.transforms import RandomSizeCrop
 from sherl_mm.evaluation import RefExpAccuracy, box_overlaps
 from sherl_mm.registry import DATASETS, METRICS, TRANSFORMS
@@ -178,6 +179,33 @@ def test_demo_deterministic(tmp_path):
     build_grounding_demo(str(tmp_path / 'c'), seed=8, **kw)
     assert _dir_digest(tmp_path / 'a') == _dir_digest(tmp_path / 'b')
     assert _dir_digest(tmp_path / 'a') != _dir_digest(tmp_path / 'c')
+
+
+def test_demo_skip_if_current_rebuilds_only_stale_data(tmp_path):
+    """A folder written by this builder with the same arguments is kept;
+    other arguments, another DATA_VERSION (data of an older version) or a
+    missing file are rebuilt."""
+    out, vdir = str(tmp_path), tmp_path / 'target'
+    kw = dict(num_train=4, num_val=2, num_test=2, image_size=64, variants=('target', ), skip_if_current=True)
+    ann = vdir / 'finetune_refcoco_train.json'
+
+    def build_marks_and_rebuilds(**extra) -> bool:
+        with open(ann, 'a') as f:   # a mark that a rebuild overwrites
+            f.write(' ')
+        build_grounding_demo(out, **{**kw, **extra})
+        return not ann.read_text().endswith(' ')
+
+    build_grounding_demo(out, **kw)
+    assert read_build_stamp(str(vdir))['version'] == DATA_VERSION
+    assert not build_marks_and_rebuilds()
+    assert build_marks_and_rebuilds(num_train=6)
+    stamp = read_build_stamp(str(vdir))
+    (vdir / 'build.json').write_text(json.dumps({**stamp, 'version': DATA_VERSION - 1}))
+    assert build_marks_and_rebuilds(num_train=6)
+    os.remove(vdir / 'finetune_refcoco_val.json')
+    assert build_marks_and_rebuilds(num_train=6) and osp.isfile(vdir / 'finetune_refcoco_val.json')
+    assert not build_marks_and_rebuilds(num_train=6, skip_if_current=True)
+    assert build_marks_and_rebuilds(num_train=6, skip_if_current=False)
 
 
 def test_demo_cli(tmp_path):

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The grounding demo: SHERL transfer of a small MDETR-like model, on a CPU, in minutes.
 
-    python tools/demo.py [--out work_dirs/demo] [--source-epochs 50] [--target-epochs 30] [--skip-fullft]
+    python tools/demo.py [--out work_dirs/demo] [--source-epochs 50] [--target-epochs 20] [--skip-fullft]
                          [--jobs 2]
 
 Steps (each a ``tools/train.py`` / ``tools/test.py`` run in its own process,
@@ -9,7 +9,8 @@ so that every peak-memory figure belongs to one run; logs go to
 ``OUT/<step>.log``):
 
 1. build the demo data (``tools/data/make_grounding_demo.py``: emoji
-   composited on the sample photos, MDETR's RefCOCO format) unless present;
+   composited on the sample photos, MDETR's RefCOCO format), unless the data
+   root holds what this version would write (``--skip-if-current``);
 2. pre-train a grounding model on the *source* task
    (``configs/demo/mdetr_demo_source.py``: name grounding; transformer,
    projections and heads train, the pretrained EfficientNet-Lite0 and
@@ -131,9 +132,10 @@ def draw_predictions(pred_file: str, png: str, per_split: int = 3) -> None:
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--out', default='work_dirs/demo', help='folder for the runs, logs and results')
-    parser.add_argument('--data-root', default='data/demo_grounding', help='demo data (built when missing)')
+    parser.add_argument('--data-root', default='data/demo_grounding',
+                        help='demo data (built when missing or written by another builder version or arguments)')
     parser.add_argument('--source-epochs', type=int, default=50)
-    parser.add_argument('--target-epochs', type=int, default=30)
+    parser.add_argument('--target-epochs', type=int, default=20)
     parser.add_argument('--skip-fullft', action='store_true', help='leave out the full fine-tuning comparison')
     parser.add_argument('--jobs', type=int, default=2,
                         help='transfers run at the same time, the CPU threads shared among them (1: one by one)')
@@ -149,8 +151,8 @@ def main(argv=None) -> None:
     os.makedirs(out, exist_ok=True)
     started = time.time()
 
-    if not all(osp.isfile(osp.join(data_root, v, 'finetune_refcoco_testB.json')) for v in ('source', 'target')):
-        run_step('data', ['tools/data/make_grounding_demo.py', '--out', data_root, *shlex.split(args.data_args)], out)
+    run_step('data', ['tools/data/make_grounding_demo.py', '--out', data_root, '--skip-if-current',
+                      *shlex.split(args.data_args)], out)
 
     def data_options(variant: str) -> list[str]:
         root = osp.join(data_root, variant) + '/'

@@ -11,8 +11,10 @@ _base_ = ['../_base_/default_runtime.py', '../_base_/datasets/grounding_demo_sou
 
 model = dict(tuner=dict(_delete_=True, type='FullFineTune', targets=['encoder', 'decoder']))
 train_dataloader = dict(dataset=dict(pipeline={{_base_.test_pipeline}}))
+# foreach=True: one vectorised AdamW update for all tensors (on CPU PyTorch otherwise loops over them)
 optim_wrapper = dict(type='OptimWrapper', constructor='TrainableOptimWrapperConstructor',
-                     optimizer=dict(type='AdamW', lr=5e-4, weight_decay=1e-4), clip_grad=dict(max_norm=0.1))
+                     optimizer=dict(type='AdamW', lr=5e-4, weight_decay=1e-4, foreach=True),
+                     clip_grad=dict(max_norm=0.1))
 max_epochs = 50
 param_scheduler = [dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=150),
                    dict(type='MultiStepLR', by_epoch=True, milestones=[int(max_epochs * 0.8)], gamma=0.1)]

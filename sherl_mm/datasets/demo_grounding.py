@@ -55,9 +55,11 @@ banana"); the anchor's span goes into ``tokens_negative``, as MDETR's
 converter does for the other noun phrases.
 
 Files written under ``out_dir/<variant>/``: ``finetune_refcoco_{split}.json``,
-``images/{split}_{scene:05d}.jpg`` and ``scenes_{split}.json`` (the scene
+``images/{split}_{scene:05d}.jpg``, ``scenes_{split}.json`` (the scene
 descriptions: every emoji's kind, box, size and grid cell, and each
-expression's structured form). Deterministic given ``seed``.
+expression's structured form) and, last, ``build.json`` (:data:`DATA_VERSION`
+and the build arguments), by which a later build with ``skip_if_current``
+recognises a folder it would write identically. Deterministic given ``seed``.
 """
 from __future__ import annotations
 
@@ -75,6 +77,9 @@ VARIANTS = ('source', 'target', 'relations')
 #: what the demo (tools/demo.py) builds and uses
 DEMO_VARIANTS = ('source', 'target')
 SPLITS = ('train', 'val', 'testA', 'testB')
+#: bumped whenever the builder's output for the same arguments changes, so that older data is rebuilt
+DATA_VERSION = 2
+BUILD_STAMP = 'build.json'
 
 #: testA refers to these (RefCOCO testA: people) ...
 ANIMALS = (0x1F436, 0x1F438, 0x1F437, 0x1F41F, 0x1F43C, 0x1F419)   # dog face, frog face, pig face, fish,
@@ -429,28 +434,52 @@ def build_split(out_dir: str, variant: str, split: str, num_expressions: int, se
     return path
 
 
+def read_build_stamp(variant_dir: str) -> dict | None:
+    """The ``build.json`` of a variant folder (None if absent or unreadable)."""
+    try:
+        with open(osp.join(variant_dir, BUILD_STAMP)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
 def build_grounding_demo(out_dir: str = 'data/demo_grounding', seed: int = 0,
                          variants: Sequence[str] | str = DEMO_VARIANTS, num_train: int = 600, num_val: int = 100,
                          num_test: int = 100, image_size: int = 160, refs_per_scene: int = 2,
-                         jitter: float = 0.0) -> dict[str, dict]:
+                         jitter: float = 0.0, skip_if_current: bool = False) -> dict[str, dict]:
     """Write ``out_dir/<variant>/`` for each variant: the four MDETR-format
-    annotation files, ``scenes_<split>.json`` and ``images/``. ``num_*``
-    count expressions (samples); a scene yields ``refs_per_scene`` of them,
-    ``num_test`` is per test split (testA, testB). Returns
-    ``{variant: {split: annotation path}}``."""
+    annotation files, ``scenes_<split>.json``, ``images/`` and ``build.json``.
+    ``num_*`` count expressions (samples); a scene yields ``refs_per_scene``
+    of them, ``num_test`` is per test split (testA, testB).
+    ``skip_if_current``: leave a variant folder alone when its ``build.json``
+    records this :data:`DATA_VERSION` and these arguments (the stamp is
+    written after everything else, so an interrupted build is redone).
+    Returns ``{variant: {split: annotation path}}``."""
     variants = (variants, ) if isinstance(variants, str) else tuple(variants)
     counts = dict(train=num_train, val=num_val, testA=num_test, testB=num_test)
     out: dict[str, dict] = {}
     for variant in variants:
         vdir = osp.join(out_dir, variant)
+        stamp = dict(version=DATA_VERSION, variant=variant, seed=seed, counts=counts, image_size=image_size,
+                     refs_per_scene=refs_per_scene, jitter=jitter)
+        paths = {split: osp.join(vdir, f'finetune_refcoco_{split}.json') for split in SPLITS}
+        if skip_if_current and read_build_stamp(vdir) == stamp and all(map(osp.isfile, paths.values())):
+            out[variant] = paths
+            continue
+        stamp_path = osp.join(vdir, BUILD_STAMP)
+        if osp.isfile(stamp_path):
+            os.remove(stamp_path)
         out[variant] = {split: build_split(vdir, variant, split, counts[split], seed=seed, image_size=image_size,
                                            refs_per_scene=refs_per_scene, jitter=jitter)
                         for split in SPLITS}
+        with open(stamp_path, 'w') as f:
+            json.dump(stamp, f)
     os.makedirs(out_dir, exist_ok=True)
     with open(osp.join(out_dir, 'ATTRIBUTION.txt'), 'w') as f:
         f.write(ATTRIBUTION + '\n')
     return out
 
 
-__all__ = ['ANIMALS', 'OBJECTS', 'GROUNDING_EMOJI', 'SPLITS', 'VARIANTS', 'build_grounding_demo', 'build_split',
-           'resolve_expression', 'relations_candidates', 'reliable_colour', 'DEMO_VARIANTS', 'REPHRASINGS']
+__all__ = ['ANIMALS', 'OBJECTS', 'GROUNDING_EMOJI', 'SPLITS', 'VARIANTS', 'DATA_VERSION', 'build_grounding_demo',
+           'build_split', 'read_build_stamp', 'resolve_expression', 'relations_candidates', 'reliable_colour',
+           'DEMO_VARIANTS', 'REPHRASINGS']

@@ -3,7 +3,7 @@
 
     python tools/data/make_grounding_demo.py [--out data/demo_grounding] [--seed 0]
         [--variant demo|all|source|target|relations] [--num-train 600] [--num-val 100] [--num-test 100]
-        [--image-size 160] [--refs-per-scene 2] [--jitter 0]
+        [--image-size 160] [--refs-per-scene 2] [--jitter 0] [--skip-if-current]
 
 Writes, for each variant, OUT/<variant>/finetune_refcoco_{train,val,testA,testB}.json,
 OUT/<variant>/scenes_<split>.json and OUT/<variant>/images/*.jpg, read by
@@ -15,16 +15,21 @@ configs/_base_/datasets/grounding_demo.py (target) and grounding_demo_source.py 
              ("the big dog face", "the fish left of the yellow banana"); not in the demo.
   demo (default): source and target.
 
-Deterministic given --seed. Content: OpenMoji emoji (CC BY-SA 4.0) on scikit-image sample photos.
+--skip-if-current leaves a variant folder alone if its build.json says it was written by this
+version of the builder with these arguments (tools/demo.py builds this way, so data left by an
+older version is rebuilt). Deterministic given --seed.
+Content: OpenMoji emoji (CC BY-SA 4.0) on scikit-image sample photos.
 """
 import argparse
 import json
 import os.path as osp
 import sys
+import time
 
 sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), '..', '..'))
 
-from sherl_mm.datasets.demo_grounding import DEMO_VARIANTS, VARIANTS, build_grounding_demo  # noqa: E402
+from sherl_mm.datasets.demo_grounding import (BUILD_STAMP, DEMO_VARIANTS, VARIANTS,  # noqa: E402
+                                             build_grounding_demo)  # noqa: E402
 
 
 def main(argv=None) -> None:
@@ -42,12 +47,21 @@ def main(argv=None) -> None:
     parser.add_argument('--jitter', type=float, default=0.0,
                         help='random offset of an emoji in its grid cell, as a fraction of the free room '
                              '(0: centred)')
+    parser.add_argument('--skip-if-current', action='store_true',
+                        help='keep a variant folder whose build.json matches this builder version and '
+                             'these arguments')
     args = parser.parse_args(argv)
     variants = {'demo': DEMO_VARIANTS, 'all': VARIANTS}.get(args.variant, (args.variant, ))
+    started = time.time()
     paths = build_grounding_demo(args.out, seed=args.seed, variants=variants, num_train=args.num_train,
                                  num_val=args.num_val, num_test=args.num_test, image_size=args.image_size,
-                                 refs_per_scene=args.refs_per_scene, jitter=args.jitter)
+                                 refs_per_scene=args.refs_per_scene, jitter=args.jitter,
+                                 skip_if_current=args.skip_if_current)
     for variant, splits in paths.items():
+        stamp = osp.join(args.out, variant, BUILD_STAMP)
+        if osp.getmtime(stamp) < started:
+            print(f'{variant}: up to date ({stamp}), not rebuilt')
+            continue
         for split, path in splits.items():
             with open(path) as f:
                 raw = json.load(f)
