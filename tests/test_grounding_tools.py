@@ -152,6 +152,16 @@ def test_train_checkpoint_test_round_trip(tiny_refcoco, tmp_path):
     assert len(samples) == 4 * len(SPLITS) and samples[0]['pred_instances']['bboxes'].shape == (5, 4)
 
 
+def test_demo_random_pick_accuracy(tmp_path):
+    """The yardstick row: 1 / (emoji in the scene), averaged over expressions."""
+    demo = load_tool('demo.py')
+    for split, scenes in {'val': [(2, 2), (4, 1)], 'testA': [(3, 1)], 'testB': [(4, 2)]}.items():
+        with open(tmp_path / f'scenes_{split}.json', 'w') as f:
+            json.dump(dict(scenes=[dict(objects=[{}] * n, expressions=[{}] * k) for n, k in scenes]), f)
+    acc = demo.random_pick_accuracy(str(tmp_path))
+    assert acc == pytest.approx(dict(val=100 * (0.5 + 0.5 + 0.25) / 3, testA=100 / 3, testB=25.0))
+
+
 def test_demo_script_end_to_end(tmp_path):
     """tools/demo.py on a tiny dataset, one epoch per step (the real demo
     is `make demo`): results per method and split, and the PNG; the two
@@ -163,7 +173,9 @@ def test_demo_script_end_to_end(tmp_path):
                '--data-args', '--num-train 16 --num-val 4 --num-test 4 --image-size 96'])
     with open(out / 'results.json') as f:
         results = json.load(f)
-    assert set(results) == {'before_transfer', 'sherl', 'fullft'} and set(results['before_transfer']) == set(SPLITS)
+    assert set(results) == {'random_pick', 'before_transfer', 'sherl', 'fullft'}
+    assert set(results['before_transfer']) == set(SPLITS) and set(results['random_pick']) == set(SPLITS)
+    assert all(0 < v <= 50 for v in results['random_pick'].values())   # 2-4 emoji per scene
     for method in ('sherl', 'fullft'):
         r = results[method]
         assert set(r['acc']) == set(SPLITS) and all(0 <= v <= 100 for v in r['acc'].values())

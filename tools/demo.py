@@ -23,8 +23,10 @@ so that every peak-memory figure belongs to one run; logs go to
    the same time, each process on its share of the CPU threads (``--jobs 1``:
    one after the other);
 5. print Acc@0.5 per split (MDETR's protocol: top-scored box, GIoU >= 0.5)
-   before and after each transfer, trainable parameters and peak training memory, write them to
-   ``OUT/results.json`` / ``OUT/results.md``, and draw a few test images
+   before and after each transfer, next to the expected score of naming a
+   random emoji of the scene with its exact box; trainable parameters and
+   peak training memory; write them to ``OUT/results.json`` /
+   ``OUT/results.md``, and draw a few test images
    with the predicted (red) and true (green) boxes to
    ``OUT/sherl_predictions.png``.
 """
@@ -103,6 +105,18 @@ def trainable_parameters(log: str) -> tuple[int, int]:
     if found is None:
         sys.exit(f'{log}: no "trainable params" line (is ParameterTableHook in default_hooks?)')
     return int(found.group(1).replace(',', '')), int(found.group(2).replace(',', ''))
+
+
+def random_pick_accuracy(target_root: str) -> dict[str, float]:
+    """Per split, the expected Acc@0.5 (%) of naming one of the scene's
+    emoji at random, with its exact box: the yardstick for "non-trivial"."""
+    acc = {}
+    for split in SPLITS:
+        with open(osp.join(target_root, f'scenes_{split}.json')) as f:
+            scenes = json.load(f)['scenes']
+        picks = [1 / len(scene['objects']) for scene in scenes for _ in scene['expressions']]
+        acc[split] = 100 * sum(picks) / len(picks)
+    return acc
 
 
 def draw_predictions(pred_file: str, png: str, per_split: int = 3) -> None:
@@ -201,7 +215,10 @@ def main(argv=None) -> None:
     draw_predictions(results['sherl']['predictions'], png)
     header = ('| method | trainable params | peak train memory (GiB, process RSS) | '
               + ' | '.join(f'Acc@0.5 {s}' for s in SPLITS) + ' |')
+    chance = random_pick_accuracy(osp.join(data_root, 'target'))
     rows = [header, '|' + ' --- |' * (3 + len(SPLITS)),
+            '| a random emoji of the scene, exact box (expected) | - | - | '
+            + ' | '.join(f'{chance[s]:.1f}' for s in SPLITS) + ' |',
             '| before transfer (the pre-trained model) | - | - | ' + ' | '.join(f'{before[s]:.1f}' for s in SPLITS)
             + ' |']
     for method, r in results.items():
@@ -211,7 +228,7 @@ def main(argv=None) -> None:
     with open(osp.join(out, 'results.md'), 'w') as f:
         f.write(table + '\n')
     with open(osp.join(out, 'results.json'), 'w') as f:
-        json.dump(dict(before_transfer=before, **results), f, indent=2)
+        json.dump(dict(random_pick=chance, before_transfer=before, **results), f, indent=2)
     print(f'\nGrounding demo, target task (test with {osp.relpath(data_root, REPO)}/target), '
           f'{time.time() - started:.0f} s in all:\n{table}\npredictions drawn in {osp.relpath(png, REPO)}')
 
