@@ -29,7 +29,7 @@ import time
 sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), '..', '..'))
 
 from sherl_mm.datasets.demo_grounding import (BUILD_STAMP, DEMO_VARIANTS, VARIANTS,  # noqa: E402
-                                             build_grounding_demo)  # noqa: E402
+                                             build_grounding_demo)
 
 
 def main(argv=None) -> None:
