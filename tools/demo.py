@@ -216,14 +216,16 @@ def main(argv=None) -> None:
     header = ('| method | trainable params | peak train memory (GiB, process RSS) | '
               + ' | '.join(f'Acc@0.5 {s}' for s in SPLITS) + ' |')
     chance = random_pick_accuracy(osp.join(data_root, 'target'))
+
+    def row(label: str, params: str, memory: str, acc: dict) -> str:
+        return f'| {label} | {params} | {memory} | ' + ' | '.join(f'{acc[s]:.1f}' for s in SPLITS) + ' |'
+
     rows = [header, '|' + ' --- |' * (3 + len(SPLITS)),
-            '| a random emoji of the scene, exact box (expected) | - | - | '
-            + ' | '.join(f'{chance[s]:.1f}' for s in SPLITS) + ' |',
-            '| before transfer (the pre-trained model) | - | - | ' + ' | '.join(f'{before[s]:.1f}' for s in SPLITS)
-            + ' |']
+            row('a random emoji of the scene, exact box (expected)', '-', '-', chance),
+            row('before transfer (the pre-trained model)', '-', '-', before)]
     for method, r in results.items():
-        rows.append(f'| {method} | {r["trainable_params"]:,} ({100 * r["trainable_params"] / r["total_params"]:.2f}%) '
-                    f'| {r["peak_train_mem_gib"]:.2f} | ' + ' | '.join(f'{r["acc"][s]:.1f}' for s in SPLITS) + ' |')
+        rows.append(row(method, f'{r["trainable_params"]:,} ({100 * r["trainable_params"] / r["total_params"]:.2f}%)',
+                        f'{r["peak_train_mem_gib"]:.2f}', r['acc']))
     table = '\n'.join(rows)
     with open(osp.join(out, 'results.md'), 'w') as f:
         f.write(table + '\n')

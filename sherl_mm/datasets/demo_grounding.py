@@ -70,6 +70,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
+from mmengine.logging import print_log
 
 from .demo_retrieval_vqa import ATTRIBUTION, emoji_colour, emoji_name, load_photo, render_emoji
 
@@ -464,6 +465,7 @@ def build_grounding_demo(out_dir: str = 'data/demo_grounding', seed: int = 0,
                      refs_per_scene=refs_per_scene, jitter=jitter)
         paths = {split: osp.join(vdir, f'finetune_refcoco_{split}.json') for split in SPLITS}
         if skip_if_current and read_build_stamp(vdir) == stamp and all(map(osp.isfile, paths.values())):
+            print_log(f'{vdir}: up to date ({BUILD_STAMP} matches), not rebuilt', logger='current')
             out[variant] = paths
             continue
         stamp_path = osp.join(vdir, BUILD_STAMP)

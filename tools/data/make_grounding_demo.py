@@ -24,12 +24,10 @@ import argparse
 import json
 import os.path as osp
 import sys
-import time
 
 sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), '..', '..'))
 
-from sherl_mm.datasets.demo_grounding import (BUILD_STAMP, DEMO_VARIANTS, VARIANTS,  # noqa: E402
-                                             build_grounding_demo)
+from sherl_mm.datasets.demo_grounding import DEMO_VARIANTS, VARIANTS, build_grounding_demo  # noqa: E402
 
 
 def main(argv=None) -> None:
@@ -52,16 +50,11 @@ def main(argv=None) -> None:
                              'these arguments')
     args = parser.parse_args(argv)
     variants = {'demo': DEMO_VARIANTS, 'all': VARIANTS}.get(args.variant, (args.variant, ))
-    started = time.time()
     paths = build_grounding_demo(args.out, seed=args.seed, variants=variants, num_train=args.num_train,
                                  num_val=args.num_val, num_test=args.num_test, image_size=args.image_size,
                                  refs_per_scene=args.refs_per_scene, jitter=args.jitter,
                                  skip_if_current=args.skip_if_current)
     for variant, splits in paths.items():
-        stamp = osp.join(args.out, variant, BUILD_STAMP)
-        if osp.getmtime(stamp) < started:
-            print(f'{variant}: up to date ({stamp}), not rebuilt')
-            continue
         for split, path in splits.items():
             with open(path) as f:
                 raw = json.load(f)
