@@ -332,6 +332,30 @@ def test_sherl_forward_backward_and_gradient_audit():
     assert any(n.startswith('stacks.encoder.') for n in side) and any(n.startswith('stacks.decoder.') for n in side)
 
 
+def test_sherl_on_the_text_encoder_trains_through_the_frozen_transformer():
+    """The demo's placement (configs/demo/sherl_text_mdetr_demo.py): MTSA over
+    the text stack's embedding and early layers, its last layer late. The
+    transformer stays frozen but keeps a graph, so the loss reaches the text
+    MTSA; nothing frozen gets a gradient, and the decoder has no MTSA output
+    for the auxiliary loss, so its intermediate layers supply them."""
+    require_tuner('SHERL')
+    model = T.build_tiny(dict(type='SHERL', targets=['text']))
+    losses = _loss_backward(model)
+    assert {k.split('.')[0] for k in losses if k.startswith('d')} == {'d0', 'd1'}   # 3 decoder layers
+    side = []
+    for name, p in model.named_parameters():
+        if name.startswith(('stacks.text.mtsa.', 'head.')):
+            assert p.requires_grad and p.grad is not None, name
+            side += [name] if name.startswith('stacks.text.') else []
+        else:
+            assert not p.requires_grad and p.grad is None, name
+    # every down-projection of the text MTSA (embedding output, layer 0 = the guidance) gets a gradient
+    downs = [n for n in side if '.downs.' in n and n.endswith('.0.weight')]
+    assert len(downs) == 2
+    params = dict(model.named_parameters())
+    assert all(params[n].grad.abs().sum() > 0 for n in downs)
+
+
 def test_sherl_late_layer_uses_encoder_side_memory_and_frozen_text_memory():
     require_tuner('SHERL')
     model = T.build_tiny(T.TINY_SHERL).eval()

@@ -162,6 +162,20 @@ def test_demo_random_pick_accuracy(tmp_path):
     assert acc == pytest.approx(dict(val=100 * (0.5 + 0.5 + 0.25) / 3, testA=100 / 3, testB=25.0))
 
 
+def test_demo_sherl_placements_name_their_configs():
+    """--sherl-placement picks SHERL's config: the text encoder by default, the
+    paper's MDETR placement (MTSA on the fusion transformer) on request."""
+    demo = load_tool('demo.py')
+    assert demo.parse_args([]).sherl_placement == 'text'
+    assert demo.parse_args(['--sherl-placement', 'fusion']).sherl_placement == 'fusion'
+    with pytest.raises(SystemExit):
+        demo.parse_args(['--sherl-placement', 'decoder'])
+    for placement, path in demo.SHERL_CONFIGS.items():
+        tuner = Config.fromfile(osp.join(REPO, path)).model.tuner
+        assert tuner.type == 'SHERL'
+        assert (tuner.get('targets') == ['text']) == (placement == 'text'), placement
+
+
 def test_demo_script_end_to_end(tmp_path):
     """tools/demo.py on a tiny dataset, one epoch per step (the real demo
     is `make demo`): results per method and split, and the PNG; the two
@@ -173,7 +187,8 @@ def test_demo_script_end_to_end(tmp_path):
                '--data-args', '--num-train 16 --num-val 4 --num-test 4 --image-size 96'])
     with open(out / 'results.json') as f:
         results = json.load(f)
-    assert set(results) == {'random_pick', 'before_transfer', 'sherl', 'fullft'}
+    assert set(results) == {'random_pick', 'before_transfer', 'sherl_placement', 'sherl', 'fullft'}
+    assert results['sherl_placement'] == 'text'
     assert set(results['before_transfer']) == set(SPLITS) and set(results['random_pick']) == set(SPLITS)
     assert all(0 < v <= 50 for v in results['random_pick'].values())   # 2-4 emoji per scene
     for method in ('sherl', 'fullft'):

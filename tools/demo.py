@@ -2,7 +2,7 @@
 """The grounding demo: SHERL transfer of a small MDETR-like model, on a CPU, in minutes.
 
     python tools/demo.py [--out work_dirs/demo] [--source-epochs 50] [--target-epochs 20] [--skip-fullft]
-                         [--jobs 2]
+                         [--sherl-placement text|fusion] [--jobs 2]
 
 Steps (each a ``tools/train.py`` / ``tools/test.py`` run in its own process,
 so that every peak-memory figure belongs to one run; logs go to
@@ -15,9 +15,12 @@ so that every peak-memory figure belongs to one run; logs go to
    (``configs/demo/mdetr_demo_source.py``: name grounding; transformer,
    projections and heads train, the pretrained EfficientNet-Lite0 and
    MiniLM stay frozen);
-3. SHERL transfer to the *target* task (``configs/demo/sherl_mdetr_demo.py``:
-   the same emoji named in other words, "a puppy", "the desert plant"), then
-   test on val / testA / testB;
+3. SHERL transfer to the *target* task (the same emoji named in other
+   words, "a puppy", "the desert plant"), then test on val / testA / testB.
+   ``--sherl-placement text`` (default, ``configs/demo/sherl_text_mdetr_demo.py``):
+   SHERL on the text encoder, where the new words are read; ``fusion``
+   (``configs/demo/sherl_mdetr_demo.py``): the paper's MDETR placement, MTSA
+   on the fusion transformer (README: it does not learn the new words);
 4. the same transfer with full fine-tuning (``configs/demo/fullft_mdetr_demo.py``)
    for comparison (``--skip-fullft`` leaves it out); steps 3 and 4 run at
    the same time, each process on its share of the CPU threads (``--jobs 1``:
@@ -47,7 +50,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 SPLITS = ('val', 'testA', 'testB')
-METHODS = {'sherl': 'configs/demo/sherl_mdetr_demo.py', 'fullft': 'configs/demo/fullft_mdetr_demo.py'}
+#: SHERL's config per ``--sherl-placement``
+SHERL_CONFIGS = {'text': 'configs/demo/sherl_text_mdetr_demo.py', 'fusion': 'configs/demo/sherl_mdetr_demo.py'}
+FULLFT_CONFIG = 'configs/demo/fullft_mdetr_demo.py'
+PLACEMENT_LABELS = {'text': 'on the text encoder', 'fusion': "on the fusion transformer, the paper's MDETR placement"}
 SOURCE_CONFIG = 'configs/demo/mdetr_demo_source.py'
 
 
@@ -151,6 +157,9 @@ def parse_args(argv=None):
     parser.add_argument('--source-epochs', type=int, default=50)
     parser.add_argument('--target-epochs', type=int, default=20)
     parser.add_argument('--skip-fullft', action='store_true', help='leave out the full fine-tuning comparison')
+    parser.add_argument('--sherl-placement', default='text', choices=sorted(SHERL_CONFIGS),
+                        help="text: SHERL on the text encoder (learns the target's new words); fusion: the paper's "
+                             'MDETR placement on the fusion transformer')
     parser.add_argument('--jobs', type=int, default=2,
                         help='transfers run at the same time, the CPU threads shared among them (1: one by one)')
     parser.add_argument('--data-args', default='',
@@ -185,7 +194,9 @@ def main(argv=None) -> None:
     metrics = test_metrics(latest_run_dir(source_dir))
     before = {split: metrics[f'refexp_giou0.5/demo_target_{split}_P@1'] for split in SPLITS}
 
-    methods = {k: v for k, v in METHODS.items() if not (args.skip_fullft and k == 'fullft')}
+    methods = {'sherl': SHERL_CONFIGS[args.sherl_placement]}
+    if not args.skip_fullft:
+        methods['fullft'] = FULLFT_CONFIG
     jobs = max(1, min(args.jobs, len(methods)))
     threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
 
@@ -223,14 +234,17 @@ def main(argv=None) -> None:
     rows = [header, '|' + ' --- |' * (3 + len(SPLITS)),
             row('a random emoji of the scene, exact box (expected)', '-', '-', chance),
             row('before transfer (the pre-trained model)', '-', '-', before)]
+    labels = {'sherl': f'SHERL ({PLACEMENT_LABELS[args.sherl_placement]})', 'fullft': 'full fine-tuning'}
     for method, r in results.items():
-        rows.append(row(method, f'{r["trainable_params"]:,} ({100 * r["trainable_params"] / r["total_params"]:.2f}%)',
-                        f'{r["peak_train_mem_gib"]:.2f}', r['acc']))
+        share = 100 * r['trainable_params'] / r['total_params']
+        rows.append(row(labels[method], f'{r["trainable_params"]:,} ({share:.2f}%)', f'{r["peak_train_mem_gib"]:.2f}',
+                        r['acc']))
     table = '\n'.join(rows)
     with open(osp.join(out, 'results.md'), 'w') as f:
         f.write(table + '\n')
     with open(osp.join(out, 'results.json'), 'w') as f:
-        json.dump(dict(random_pick=chance, before_transfer=before, **results), f, indent=2)
+        json.dump(dict(random_pick=chance, before_transfer=before, sherl_placement=args.sherl_placement, **results),
+                  f, indent=2)
     print(f'\nGrounding demo, target task (test with {osp.relpath(data_root, REPO)}/target), '
           f'{time.time() - started:.0f} s in all:\n{table}\npredictions drawn in {osp.relpath(png, REPO)}')
 
