@@ -12,7 +12,7 @@ from mmengine.runner import Runner
 from torch import nn
 from torch.utils.data import Dataset
 
-from sherl_mm.hooks import ParameterTableHook, PeakMemoryHook, parameter_rows, parameter_table
+from sherl_mm.engine.hooks import ParameterTableHook, PeakMemoryHook, parameter_rows, parameter_table
 from sherl_mm.registry import HOOKS, METRICS
 from sherl_mm.utils.memory import (GIB, PeakMemoryMeter, RSSPeakSampler, SavedTensorCounter, current_rss_bytes,
                                    process_peak_rss_bytes, saved_tensor_bytes, to_gib, to_paper_gb)
@@ -308,7 +308,7 @@ def test_parameter_table_hook_runner(tmp_path):
 def test_peak_memory_hook_cuda_branch_with_fake_counter(tmp_path, monkeypatch):
     """The CUDA branch reads max_memory_allocated of the model's device and
     resets it at every log line (counter faked: no GPU needed)."""
-    import sherl_mm.hooks.memory as hook_module
+    import sherl_mm.engine.hooks.memory_hook as hook_module
     calls = dict(reads=0, resets=[])
     counter = dict(peak=0)
 

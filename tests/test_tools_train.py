@@ -113,6 +113,8 @@ def test_resume_after_kill_is_bit_identical(runs, second, wd):
     run = second['resume'].ok()
     assert 'Auto resumed from the latest checkpoint' in run.out and 'epoch_1.pth' in run.out
     assert 'resumed epoch: 1' in run.out
+    # mmengine checkpoints need full unpickling: the tool switches it on, and says so once
+    assert run.out.count('Local checkpoints are loaded with torch.load(weights_only=False)') == 1
     a, b = _load(wd / 'full' / 'epoch_2.pth'), _load(killed / 'epoch_2.pth')
     assert a['state_dict'].keys() == b['state_dict'].keys()
     for k in a['state_dict']:
@@ -188,6 +190,7 @@ def test_torchrun_two_cpu_processes(second, wd):
     env_port = str(_free_port())
     run = Run('env', f'PORT={env_port}', 'bash', 'tools/dist_train.sh', TOY, 2, '--work-dir', wd / 'dist').ok()
     assert "using the gloo backend instead of 'nccl'" in run.out
+    assert run.out.count('Local checkpoints are loaded with torch.load(weights_only=False)') == 1  # rank 0 only
     r0, r1 = _load(wd / 'dist' / 'rank0_weights.pth'), _load(wd / 'dist' / 'rank1_weights.pth')
     assert r0.keys() == r1.keys()
     for k in r0:

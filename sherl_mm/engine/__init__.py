@@ -1,24 +1,24 @@
-"""Training/testing runtime of sherl_mm on mmengine 0.10.7.
+"""Training/testing runtime of sherl_mm on mmengine 0.10.7 (see docs/engine.md).
 
-Importing this package applies the checkpoint fixes (``weights_only=False``
-loading for torch >= 2.6, atomic checkpoint writes) and registers
-:class:`AtomicCheckpointHook` and :class:`CpuBf16OptimWrapper`.
-:func:`setup_runtime` applies the rest (distributed init on CPU or GPU, AMP
-fallback on CPU); tools/train.py and tools/test.py call it through
-:func:`build_runner`.
+Importing it registers components (the hooks in :mod:`.hooks`, the optimizer
+wrapper and constructor in :mod:`.optim`) and the ``'atomic_local'`` storage
+backend; it changes nothing of mmengine's behaviour. :func:`setup_runtime`
+adapts a config and the process for a run (trusted checkpoint loading,
+distributed set-up on CPU or GPU, AMP fallback on CPU); tools/train.py and
+tools/test.py call it through :func:`build_runner`.
 """
-from .checkpoint import atomic_save_checkpoint, atomic_write_text, install_checkpoint_fixes
-from .hooks import AtomicCheckpointHook
+from .checkpoint import (ATOMIC_BACKEND, AtomicLocalBackend, atomic_write_bytes, atomic_write_text,
+                         load_trusted_local, trust_local_checkpoints)
+from .hooks import AtomicCheckpointHook, CheckpointCompatHook, ParameterTableHook, PeakMemoryHook
 from .optim import CpuBf16OptimWrapper, TrainableOptimWrapperConstructor
 from .runtime import drop_disabled_hooks, enable_amp, init_distributed, load_config, resolve_amp, setup_runtime
-from .validate import CheckpointCompatHook, UserInputError, check_checkpoint_compat, validate_config
+from .validate import UserInputError, check_checkpoint_compat, validate_config
 from .cli import build_runner, run_test, run_tool, run_train
 
-install_checkpoint_fixes()
-
 __all__ = [
-    'AtomicCheckpointHook', 'CheckpointCompatHook', 'CpuBf16OptimWrapper', 'UserInputError',
-    'atomic_save_checkpoint', 'atomic_write_text', 'build_runner', 'check_checkpoint_compat', 'enable_amp',
-    'init_distributed', 'install_checkpoint_fixes', 'load_config', 'resolve_amp', 'run_tool', 'setup_runtime',
-    'run_test', 'run_train', 'validate_config', 'TrainableOptimWrapperConstructor', 'drop_disabled_hooks'
+    'ATOMIC_BACKEND', 'AtomicCheckpointHook', 'AtomicLocalBackend', 'CheckpointCompatHook', 'CpuBf16OptimWrapper',
+    'ParameterTableHook', 'PeakMemoryHook', 'TrainableOptimWrapperConstructor', 'UserInputError',
+    'atomic_write_bytes', 'atomic_write_text', 'build_runner', 'check_checkpoint_compat', 'drop_disabled_hooks',
+    'enable_amp', 'init_distributed', 'load_config', 'load_trusted_local', 'resolve_amp', 'run_test', 'run_tool',
+    'run_train', 'setup_runtime', 'trust_local_checkpoints', 'validate_config'
 ]

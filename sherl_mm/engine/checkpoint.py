@@ -1,98 +1,56 @@
-"""Checkpoint I/O fixes for mmengine 0.10.7 on torch >= 2.6.
+"""Checkpoint files: atomic writes, and trusted loading for the tools.
 
-* Loading: torch >= 2.6 defaults ``torch.load`` to ``weights_only=True``, but
-  mmengine checkpoints pickle ``HistoryBuffer`` objects, numpy scalars and
-  dtypes, so ``resume=True`` dies with ``UnpicklingError``. The loaders mmengine
-  uses for local files (and for the URL schemes that end in a local
-  ``torch.load``) are re-registered here with ``weights_only=False``.
-  Only load checkpoints you trust: like every pickle, they can run code.
-* Saving: mmengine writes a checkpoint in place, so a run killed while saving
-  leaves a truncated file. :func:`atomic_save_checkpoint` writes to a
-  temporary file in the same folder, fsyncs it and ``os.replace``-s it onto
-  the target, so the target is either the old file, the new one, or absent.
+Writing
+    mmengine's ``save_checkpoint`` serialises a checkpoint and hands the bytes
+    to a storage backend chosen by ``backend_args``. :class:`AtomicLocalBackend`,
+    registered with mmengine as ``'atomic_local'``, writes them to a temporary
+    file in the target's folder, fsyncs it, renames it onto the target and
+    fsyncs the folder, so the target is always the old file or the new one,
+    never a truncated mix. Any Runner uses it when its checkpoint hook has
+    ``backend_args=dict(backend='atomic_local')``;
+    :class:`~sherl_mm.engine.hooks.AtomicCheckpointHook` selects it by default.
+    Nothing of mmengine is patched: the backend is reached through mmengine's
+    own ``backend_args`` lookup.
 
-:func:`install_checkpoint_fixes` applies both; it is idempotent and runs when
-``sherl_mm.engine`` is imported.
+Loading
+    torch >= 2.6 loads with ``weights_only=True`` by default, and mmengine
+    0.10.7's local loader does not override it, but mmengine checkpoints hold
+    ``HistoryBuffer`` objects, numpy scalars and dtypes (and the RNG state that
+    :class:`~sherl_mm.engine.hooks.AtomicCheckpointHook` saves), so resuming
+    fails with ``UnpicklingError``. :func:`trust_local_checkpoints` registers
+    :func:`load_trusted_local` as mmengine's loader for local files through
+    ``CheckpointLoader.register_scheme`` (mmengine's extension point for
+    loaders; no function in another module is rebound). Only the tools' set-up
+    (:func:`sherl_mm.engine.setup_runtime`, called by ``tools/train.py`` and
+    ``tools/test.py``) calls it: there the user names the checkpoint, which
+    their own runs wrote. Importing sherl_mm or building a model leaves
+    mmengine's loaders as they are. An allow-list of classes
+    (``torch.serialization.add_safe_globals``) was not chosen because what a
+    checkpoint holds is open-ended: any hook may put objects in ``meta`` or the
+    message hub. Unpickling can run code: load only checkpoints you trust.
+    See docs/engine.md.
 """
 import logging
 import os
 import os.path as osp
-import sys
 import tempfile
+from typing import Any, Callable, Optional, Union
 
 import torch
-from mmengine.fileio import LocalBackend, get_file_backend
+from mmengine.dist import is_main_process
+from mmengine.fileio import LocalBackend, register_backend
 from mmengine.logging import print_log
-from mmengine.dist import get_dist_info
-from mmengine.runner import checkpoint as _ckpt
+from mmengine.runner.checkpoint import CheckpointLoader
 
-__all__ = ['atomic_save_checkpoint', 'atomic_write_text', 'install_checkpoint_fixes', 'torch_load']
+__all__ = ['ATOMIC_BACKEND', 'AtomicLocalBackend', 'atomic_write_bytes', 'atomic_write_text', 'is_local_path',
+           'load_trusted_local', 'trust_local_checkpoints']
 
-_ORIG_SAVE = _ckpt.save_checkpoint
-_installed = False
-
-
-def torch_load(f, map_location=None):
-    """``torch.load`` of a full (pickled) mmengine checkpoint."""
-    return torch.load(f, map_location=map_location, weights_only=False)
+#: the name of :class:`AtomicLocalBackend` in mmengine's storage backends
+ATOMIC_BACKEND = 'atomic_local'
 
 
-# --------------------------------------------------------------------------
-# loaders
-# --------------------------------------------------------------------------
-def load_from_local(filename, map_location=None):
-    """mmengine's local loader, with ``weights_only=False``."""
-    filename = osp.expanduser(filename)
-    if not osp.isfile(filename):
-        raise FileNotFoundError(f'{filename} can not be found.')
-    return torch_load(filename, map_location=map_location)
-
-
-def _load_url(url, map_location=None, model_dir=None, progress=False):
-    return torch.hub.load_state_dict_from_url(
-        url, model_dir=model_dir, map_location=map_location, progress=progress, weights_only=False)
-
-
-def load_from_http(filename, map_location=None, model_dir=None, progress=os.isatty(0)):
-    """mmengine's http(s) loader (rank 0 downloads first), ``weights_only=False``."""
-    rank, world_size = get_dist_info()
-    checkpoint = None
-    if rank == 0:
-        checkpoint = _load_url(filename, map_location, model_dir, progress)
-    if world_size > 1:
-        torch.distributed.barrier()
-        if rank > 0:
-            checkpoint = _load_url(filename, map_location, model_dir, progress)
-    return checkpoint
-
-
-def load_from_torchvision(filename, map_location=None):
-    model_name = filename.split('://', 1)[1]
-    return load_from_http(_ckpt.get_torchvision_models()[model_name], map_location=map_location)
-
-
-def load_from_openmmlab(filename, map_location=None):
-    prefix, model_name = filename.split('://', 1)
-    deprecated = _ckpt.get_deprecated_model_names()
-    if model_name in deprecated:
-        print_log(f'{prefix}://{model_name} is deprecated in favor of {prefix}://{deprecated[model_name]}',
-                  logger='current', level=logging.WARNING)
-        model_name = deprecated[model_name]
-    model_url = _ckpt.get_external_models()[model_name]
-    if model_url.startswith(('http://', 'https://')):
-        return load_from_http(model_url, map_location=map_location)
-    return load_from_local(osp.join(_ckpt._get_mmengine_home(), model_url), map_location)
-
-
-def load_from_mmcls(filename, map_location=None):
-    checkpoint = load_from_http(_ckpt.get_mmcls_models()[filename[8:]], map_location=map_location)
-    return _ckpt._process_mmcls_checkpoint(checkpoint)
-
-
-# --------------------------------------------------------------------------
-# atomic writes
-# --------------------------------------------------------------------------
-def _fsync_dir(dirname):
+def _fsync_dir(dirname: str) -> None:
+    # makes the rename itself durable; not every file system allows it
     try:
         fd = os.open(dirname, os.O_RDONLY)
     except OSError:
@@ -105,11 +63,11 @@ def _fsync_dir(dirname):
         os.close(fd)
 
 
-def _atomic_write(filename, write):
-    """Call ``write(fileobj)`` on a temp file beside ``filename``, then
-    ``os.replace`` it onto ``filename``. On any error the temp file is removed
-    and ``filename`` is left as it was."""
-    filename = osp.abspath(osp.expanduser(filename))
+def _atomic_write(filename: Union[str, os.PathLike], write: Callable[[Any], None]) -> None:
+    """Call ``write(fileobj)`` on a temporary file beside ``filename``, fsync
+    it, ``os.replace`` it onto ``filename`` and fsync the folder. On any error
+    the temporary file is removed and ``filename`` is left as it was."""
+    filename = osp.abspath(osp.expanduser(os.fspath(filename)))
     dirname = osp.dirname(filename)
     os.makedirs(dirname, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f'.{osp.basename(filename)}.', suffix='.tmp', dir=dirname)
@@ -131,50 +89,60 @@ def _atomic_write(filename, write):
     _fsync_dir(dirname)
 
 
-def atomic_write_text(filename, text):
+def atomic_write_bytes(filename: Union[str, os.PathLike], data: bytes) -> None:
+    """Write ``data`` to ``filename`` atomically (see the module docstring)."""
+    _atomic_write(filename, lambda f: f.write(data))
+
+
+def atomic_write_text(filename: Union[str, os.PathLike], text: str, encoding: str = 'utf-8') -> None:
     """Write ``text`` to ``filename`` atomically (e.g. ``last_checkpoint``)."""
-    _atomic_write(filename, lambda f: f.write(text.encode('utf-8')))
+    atomic_write_bytes(filename, text.encode(encoding))
 
 
-def _is_local(filename, file_client_args, backend_args):
-    if file_client_args is not None or '://' in str(filename):
+@register_backend(ATOMIC_BACKEND)
+class AtomicLocalBackend(LocalBackend):
+    """mmengine's local storage backend whose ``put`` / ``put_text`` write
+    atomically (temporary file, fsync, rename, fsync of the folder). Reads,
+    listings and removals are ``LocalBackend``'s.
+
+    Config (any checkpoint hook)::
+
+        default_hooks = dict(checkpoint=dict(type='CheckpointHook', interval=1,
+                                             backend_args=dict(backend='atomic_local')))
+    """
+
+    def put(self, obj: bytes, filepath: Union[str, os.PathLike]) -> None:
+        atomic_write_bytes(filepath, obj)
+
+    def put_text(self, obj: str, filepath: Union[str, os.PathLike], encoding: str = 'utf-8') -> None:
+        atomic_write_text(filepath, obj, encoding)
+
+
+def is_local_path(path: Optional[Union[str, os.PathLike]]) -> bool:
+    """True for a file-system path (no ``scheme://`` prefix); ``None``
+    stands for the Runner's ``work_dir``, which is always local."""
+    return path is None or '://' not in os.fspath(path)
+
+
+def load_trusted_local(filename: str, map_location: Any = None) -> Any:
+    """mmengine's local checkpoint loader with ``weights_only=False`` (full
+    unpickling: ``HistoryBuffer``, numpy objects, RNG states)."""
+    filename = osp.expanduser(filename)
+    if not osp.isfile(filename):
+        raise FileNotFoundError(f'{filename} can not be found.')
+    return torch.load(filename, map_location=map_location, weights_only=False)
+
+
+def trust_local_checkpoints() -> bool:
+    """Make mmengine load local checkpoint files with :func:`load_trusted_local`
+    for the rest of the process, and log it the first time. Other schemes
+    (``http://``, ``open-mmlab://`` ...) keep mmengine's loaders. Returns
+    whether this call switched it on."""
+    if CheckpointLoader._get_checkpoint_loader('checkpoint.pth') is load_trusted_local:
         return False
-    try:
-        return isinstance(get_file_backend(filename, backend_args=backend_args), LocalBackend)
-    except Exception:  # unknown backend spec: let mmengine decide
-        return False
-
-
-def atomic_save_checkpoint(checkpoint, filename, file_client_args=None, backend_args=None):
-    """Drop-in for :func:`mmengine.runner.checkpoint.save_checkpoint` that
-    writes local files atomically (temp file + fsync + ``os.replace``). Other
-    backends (pavi, petrel, ...) go to mmengine's implementation."""
-    if not _is_local(filename, file_client_args, backend_args):
-        return _ORIG_SAVE(checkpoint, filename, file_client_args=file_client_args, backend_args=backend_args)
-    _atomic_write(filename, lambda f: torch.save(checkpoint, f))
-
-
-# --------------------------------------------------------------------------
-def install_checkpoint_fixes():
-    """Re-register mmengine's checkpoint loaders with ``weights_only=False``
-    and route mmengine's ``save_checkpoint`` through the atomic writer."""
-    global _installed
-    if _installed:
-        return
-    register = _ckpt.CheckpointLoader.register_scheme
-    register(prefixes='', loader=load_from_local, force=True)
-    register(prefixes=('http://', 'https://'), loader=load_from_http, force=True)
-    register(prefixes=('modelzoo://', 'torchvision://'), loader=load_from_torchvision, force=True)
-    register(prefixes=('open-mmlab://', 'openmmlab://'), loader=load_from_openmmlab, force=True)
-    register(prefixes='mmcls://', loader=load_from_mmcls, force=True)
-
-    # Every mmengine module that imported save_checkpoint by name (the Runner,
-    # mmengine.runner, the strategies) gets the atomic version; modules
-    # imported later read it from mmengine.runner.checkpoint.
-    _ckpt.save_checkpoint = atomic_save_checkpoint
-    for name, module in list(sys.modules.items()):
-        if (name == 'mmengine' or name.startswith('mmengine.')) and module is not None and \
-                getattr(module, 'save_checkpoint', None) is _ORIG_SAVE:
-            module.save_checkpoint = atomic_save_checkpoint
-    _installed = True
-
+    CheckpointLoader.register_scheme(prefixes='', loader=load_trusted_local, force=True)
+    if is_main_process():
+        print_log('Local checkpoints are loaded with torch.load(weights_only=False): mmengine checkpoints hold '
+                  'Python objects (HistoryBuffer, numpy values, RNG states). Load only checkpoints you trust.',
+                  logger='current', level=logging.INFO)
+    return True

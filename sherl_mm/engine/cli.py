@@ -6,8 +6,9 @@ import sys
 
 from mmengine.config import Config
 
+from .hooks import CheckpointCompatHook
 from .runtime import enable_amp, load_config, setup_runtime
-from .validate import CheckpointCompatHook, UserInputError, validate_config
+from .validate import UserInputError, validate_config
 
 __all__ = ['run_train', 'run_test', 'build_runner', 'run_tool', 'default_work_dir']
 

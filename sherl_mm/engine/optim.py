@@ -8,6 +8,7 @@ from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapper
 from torch import nn
 
 from sherl_mm.registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS
+from sherl_mm.utils.modules import count_parameters
 
 __all__ = ['CpuBf16OptimWrapper', 'TrainableOptimWrapperConstructor']
 
@@ -34,8 +35,9 @@ class _DropFrozenSkipRecords(logging.Filter):
 class TrainableOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     """mmengine's default constructor, given only the trainable parameters.
 
-    Freezing with ``requires_grad_(False)`` is what saves memory (STACK.md
-    pitfall 8); the optimizer should then not hold the frozen tensors at all.
+    Freezing with ``requires_grad_(False)`` is what saves memory (an
+    ``lr_mult=0`` in ``paramwise_cfg`` still keeps gradients and optimizer
+    state); the optimizer should then not hold the frozen tensors at all.
     mmengine's constructor passes every parameter when ``paramwise_cfg`` is
     empty, and with a ``paramwise_cfg`` (e.g. ``custom_keys`` for a head
     learning rate) skips frozen ones but logs one warning per tensor: for a
@@ -46,8 +48,8 @@ class TrainableOptimWrapperConstructor(DefaultOptimWrapperConstructor):
 
     def __call__(self, model: nn.Module) -> OptimWrapper:
         module = model.module if hasattr(model, 'module') else model
-        trainable = [p for p in module.parameters() if p.requires_grad]
-        if not trainable:
+        count = count_parameters(module)
+        if not count.trainable:
             raise ValueError('TrainableOptimWrapperConstructor: the model has no trainable parameter; '
                              'check the tuner config (LinearProbe still trains the heads)')
         if self.paramwise_cfg:
@@ -60,9 +62,9 @@ class TrainableOptimWrapperConstructor(DefaultOptimWrapperConstructor):
                 logger.removeFilter(drop)
         else:
             wrapper = super().__call__(_TrainableParameters(module))
-        frozen = sum(p.numel() for p in module.parameters() if not p.requires_grad)
-        print_log(f'optimizer: {sum(p.numel() for p in trainable):,} trainable parameters in '
-                  f'{len(wrapper.optimizer.param_groups)} group(s); {frozen:,} frozen parameters left out',
+        print_log(f'optimizer: {count.trainable:,} trainable parameters in '
+                  f'{len(wrapper.optimizer.param_groups)} group(s); {count.total - count.trainable:,} frozen '
+                  f'parameters left out',
                   logger='current')
         return wrapper
 

@@ -3,9 +3,9 @@
 :func:`setup_runtime` is the one place where sherl_mm adapts mmengine 0.10.7
 to torch >= 2.6 and to machines without CUDA:
 
-1. checkpoint loading with ``weights_only=False`` and atomic checkpoint
-   writes (:func:`sherl_mm.engine.checkpoint.install_checkpoint_fixes`,
-   also applied on ``import sherl_mm.engine``);
+1. local checkpoints are loaded with ``weights_only=False``
+   (:func:`sherl_mm.engine.checkpoint.trust_local_checkpoints`; only here,
+   never on import: the tools load checkpoints the user names);
 2. ``launcher='pytorch'`` (torchrun): the process group is initialised here,
    with NCCL and ``torch.cuda.set_device(LOCAL_RANK)`` on GPUs, with gloo and
    a ``device_ids=None`` DDP wrapper on CPU (mmengine's ``init_dist`` calls
@@ -17,6 +17,10 @@ to torch >= 2.6 and to machines without CUDA:
 4. ``default_hooks.<name>=None`` turns off any default hook, also the ones
    sherl_mm adds (``peak_memory``, ``param_table``), for which mmengine
    would assert.
+
+Atomic checkpoint writes need no set-up: the default checkpoint hook writes
+through a registered storage backend (:mod:`sherl_mm.engine.checkpoint`).
+See docs/engine.md.
 """
 import datetime
 import logging
@@ -28,7 +32,7 @@ import torch.distributed as torch_dist
 from mmengine.config import Config
 from mmengine.logging import print_log
 
-from .checkpoint import install_checkpoint_fixes
+from .checkpoint import trust_local_checkpoints
 from .validate import UserInputError
 
 __all__ = ['setup_runtime', 'load_config', 'enable_amp', 'init_distributed', 'resolve_amp', 'drop_disabled_hooks']
@@ -163,8 +167,8 @@ def drop_disabled_hooks(cfg: Config) -> None:
 def setup_runtime(cfg: Config) -> Config:
     """Apply sherl_mm's runtime fixes to ``cfg`` (in place) and the process;
     call it before ``Runner.from_cfg``. See the module docstring."""
-    install_checkpoint_fixes()
     init_distributed(cfg)
+    trust_local_checkpoints()
     resolve_amp(cfg)
     drop_disabled_hooks(cfg)
     return cfg

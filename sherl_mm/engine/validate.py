@@ -6,9 +6,9 @@ mmengine stack trace.
   the key path, the config file that sets it and close registered names),
   data roots and annotation files exist, and ``load_from``/``--resume``
   checkpoints exist.
-* :func:`check_checkpoint_compat` / :class:`CheckpointCompatHook`: a
-  checkpoint given to ``tools/test.py`` belongs to the model the config
-  builds.
+* :func:`check_checkpoint_compat`: a checkpoint given to ``tools/test.py``
+  belongs to the model the config builds (run by
+  :class:`~sherl_mm.engine.hooks.CheckpointCompatHook`).
 """
 import difflib
 import os
@@ -19,11 +19,9 @@ from typing import Iterable, List, Optional
 
 from mmengine import registry as mmengine_registry
 from mmengine.config import Config
-from mmengine.hooks import Hook
 from mmengine.registry import Registry
 
-__all__ = ['UserInputError', 'validate_config', 'check_checkpoint_compat', 'CheckpointCompatHook',
-           'config_files']
+__all__ = ['UserInputError', 'validate_config', 'check_checkpoint_compat', 'config_files']
 
 
 class UserInputError(Exception):
@@ -339,17 +337,3 @@ def check_checkpoint_compat(model, checkpoint, filename: str) -> None:
         lines.append(f'  not in model: {_list(unexpected)}')
     lines.append('  Is it a checkpoint of another model or config?')
     raise UserInputError('\n'.join(lines))
-
-
-class CheckpointCompatHook(Hook):
-    """Checks the checkpoint loaded by the Runner (``load_from``) against the
-    model before the weights are copied in (``after_load_checkpoint`` runs
-    first), without reading the file twice."""
-    priority = 'VERY_HIGH'
-
-    def __init__(self, filename: str):
-        self.filename = filename
-
-    def after_load_checkpoint(self, runner, checkpoint) -> None:
-        if not getattr(runner, '_resume', False):
-            check_checkpoint_compat(runner.model, checkpoint, self.filename)

@@ -6,16 +6,10 @@ from mmengine.model import is_model_wrapper
 from torch import nn
 
 from sherl_mm.registry import HOOKS
-from sherl_mm.tuners.base import parameter_report
+from sherl_mm.tuners import parameter_report
+from sherl_mm.utils.modules import ParameterCount, count_parameters
 
-
-def _count(params) -> tuple[int, int]:
-    total = trainable = 0
-    for p in params:
-        total += p.numel()
-        if p.requires_grad:
-            trainable += p.numel()
-    return total, trainable
+__all__ = ['ParameterTableHook', 'parameter_rows', 'parameter_table']
 
 
 def parameter_rows(model: nn.Module, max_depth: int = 1) -> list[tuple[str, int, int]]:
@@ -24,17 +18,17 @@ def parameter_rows(model: nn.Module, max_depth: int = 1) -> list[tuple[str, int,
     order, plus ``'(own)'`` for parameters registered on ``model`` itself.
     A parameter shared by several modules is counted once in each of them."""
     rows = []
-    own = _count(model.parameters(recurse=False))
-    if own[0]:
+    own = count_parameters(nn.ParameterList(model.parameters(recurse=False)))  # not its children's
+    if own.total:
         rows.append(('(own)', *own))
 
     def walk(module: nn.Module, prefix: str, depth: int) -> None:
         for name, child in module.named_children():
             full = f'{prefix}{name}'
-            total, trainable = _count(child.parameters())
-            if total == 0:
+            count = count_parameters(child)
+            if count.total == 0:
                 continue
-            rows.append((full, total, trainable))
+            rows.append((full, *count))
             if depth < max_depth:
                 walk(child, f'{full}.', depth + 1)
 
@@ -46,9 +40,10 @@ def parameter_table(model: nn.Module, max_depth: int = 1) -> str:
     """A plain-text table of :func:`parameter_rows`, a total row, and PEFT's
     summary line (:func:`sherl_mm.tuners.parameter_report`)."""
     rows = parameter_rows(model, max_depth)
-    total, trainable = _count(model.parameters())
-    body = [(name, f'{t:,d}', f'{tr:,d}', f'{100.0 * tr / t:.2f}' if t else '-') for name, t, tr in rows]
-    footer = ('TOTAL', f'{total:,d}', f'{trainable:,d}', f'{100.0 * trainable / total:.2f}' if total else '-')
+    counts = [(name, ParameterCount(total, trainable)) for name, total, trainable in rows]
+    counts.append(('TOTAL', count_parameters(model)))
+    cells = [(name, f'{c.total:,d}', f'{c.trainable:,d}', f'{c.share:.2f}' if c.total else '-') for name, c in counts]
+    body, footer = cells[:-1], cells[-1]
     header = ('module', 'params', 'trainable', 'trainable %')
     widths = [max(len(r[i]) for r in body + [header, footer]) for i in range(4)]
 
@@ -83,7 +78,7 @@ class ParameterTableHook(Hook):
 
     def before_train(self, runner) -> None:
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
-        total, trainable = _count(model.parameters())
-        runner.message_hub.update_info('params_total', total)
-        runner.message_hub.update_info('params_trainable', trainable)
+        count = count_parameters(model)
+        runner.message_hub.update_info('params_total', count.total)
+        runner.message_hub.update_info('params_trainable', count.trainable)
         runner.logger.info(f'Parameters of {type(model).__name__}:\n{parameter_table(model, self.max_depth)}')

@@ -26,8 +26,8 @@ class PeakMemoryHook(Hook):
       optimiser state, activations); it excludes the CUDA context and cached
       free blocks, so it reads lower than nvidia-smi. mmengine's own
       ``memory`` field (MiB) reads the same counter and resets it too, and
-      so does every validation log line (STACK.md pitfall 9), so the hook
-      keeps the whole-run maximum itself.
+      so does every validation log line of mmengine's LogProcessor, so the
+      hook keeps the whole-run maximum itself.
     * CPU, ``cpu_mode='maxrss'`` (default): the **process** peak resident
       memory (``ru_maxrss``) since the process started. The kernel cannot
       reset it, so it is not a per-interval figure: it only grows. It includes
@@ -44,9 +44,10 @@ class PeakMemoryHook(Hook):
     its training peak only (the part before validation is carried over).
 
     At the end of training it logs the whole-run peak (``peak_mem_run_gib``
-    in the log and in scalars.json; it includes validation). With ``paper_units=True`` every figure is
-    also given in the SHERL paper's "GB" (MiB/1000 = GiB x 1.024, METHOD.md
-    §5.2) as ``peak_mem_paper_gb``.
+    in the log and in scalars.json; it includes validation). With
+    ``paper_units=True`` every figure is also given in the unit of the SHERL
+    and UniPT papers' memory tables, "GB" = MiB/1000 = GiB x 1.024
+    (:func:`sherl_mm.utils.memory.to_paper_gb`), as ``peak_mem_paper_gb``.
 
     Config::
 

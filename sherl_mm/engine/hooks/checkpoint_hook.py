@@ -1,6 +1,7 @@
-"""The checkpoint hook of sherl_mm's default runtime."""
+"""The checkpoint hook of sherl_mm's default runtime (see docs/engine.md)."""
 import os.path as osp
 import random
+from typing import Optional
 
 import numpy as np
 import torch
@@ -9,12 +10,13 @@ from mmengine.hooks import CheckpointHook
 
 from sherl_mm.registry import HOOKS
 
-from .checkpoint import atomic_write_text
+from ..checkpoint import ATOMIC_BACKEND, atomic_write_text, is_local_path
 
 __all__ = ['AtomicCheckpointHook', 'get_rng_state', 'set_rng_state']
 
 
 def get_rng_state() -> dict:
+    """The Python, numpy, torch (and, once initialised, CUDA) RNG states."""
     state = dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state())
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state['cuda'] = torch.cuda.get_rng_state_all()
@@ -22,6 +24,8 @@ def get_rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
+    """Restore what :func:`get_rng_state` returned (CUDA only on the same
+    number of devices)."""
     random.setstate(state['python'])
     np.random.set_state(state['numpy'])
     torch.set_rng_state(state['torch'])
@@ -54,8 +58,11 @@ class AtomicCheckpointHook(CheckpointHook):
     """:class:`mmengine.hooks.CheckpointHook` that never leaves a run without
     a loadable checkpoint, and makes resumed runs match uninterrupted ones.
 
-    * Checkpoints and ``last_checkpoint`` are written atomically (temp file,
-      fsync, ``os.replace``; see :mod:`sherl_mm.engine.checkpoint`).
+    * Checkpoints are written through the ``'atomic_local'`` storage backend
+      (:class:`~sherl_mm.engine.checkpoint.AtomicLocalBackend`: temp file,
+      fsync, rename), selected by default when ``backend_args`` and
+      ``file_client_args`` are not given and ``out_dir`` is a local path;
+      ``last_checkpoint`` is written atomically too.
     * Old checkpoints (``max_keep_ckpts``) and the previous best checkpoint
       are deleted only *after* the new one is written; mmengine deletes first,
       so a crash while saving with ``max_keep_ckpts=1`` loses everything.
@@ -68,11 +75,15 @@ class AtomicCheckpointHook(CheckpointHook):
       ``randomness.diff_rank_seed=True`` the RNG is not restored (only rank 0's
       state is in the checkpoint).
 
-    All other arguments are those of ``CheckpointHook``.
+    All other arguments are those of ``CheckpointHook``, by keyword.
     """
 
-    def __init__(self, *args, resume_rng: bool = True, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, interval: int = -1, *, resume_rng: bool = True, out_dir: Optional[str] = None,
+                 backend_args: Optional[dict] = None, file_client_args: Optional[dict] = None, **kwargs) -> None:
+        if backend_args is None and file_client_args is None and is_local_path(out_dir):
+            backend_args = dict(backend=ATOMIC_BACKEND)
+        super().__init__(interval, out_dir=out_dir, backend_args=backend_args, file_client_args=file_client_args,
+                         **kwargs)
         self.resume_rng = resume_rng
         self._rng_to_restore = None
         self._rng_before_val = None

@@ -1,0 +1,9 @@
+"""The Runner hooks of sherl_mm (registered in ``sherl_mm.registry.HOOKS``),
+one module per hook; see docs/engine.md."""
+from .checkpoint_compat_hook import CheckpointCompatHook
+from .checkpoint_hook import AtomicCheckpointHook
+from .memory_hook import PeakMemoryHook
+from .param_table_hook import ParameterTableHook, parameter_rows, parameter_table
+
+__all__ = ['AtomicCheckpointHook', 'CheckpointCompatHook', 'ParameterTableHook', 'PeakMemoryHook', 'parameter_rows',
+           'parameter_table']
