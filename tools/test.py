@@ -6,6 +6,9 @@
 --out dumps the predictions to a pickle (mmengine's DumpResults metric). The
 checkpoint is checked against the model built from the config first: a
 checkpoint of another model is an error naming the file and mismatched keys.
+As with tools/train.py, local checkpoints are loaded with
+torch.load(weights_only=False), since mmengine checkpoints hold Python objects:
+test only checkpoints you trust (docs/engine.md).
 """
 import argparse
 import os

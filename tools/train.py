@@ -5,6 +5,9 @@
 
 Multi-process (GPUs, or CPU with gloo): tools/dist_train.sh CONFIG N [args].
 The logic lives in sherl_mm.engine (run_train); this file parses arguments.
+Resuming loads local checkpoints with torch.load(weights_only=False), since
+mmengine checkpoints hold Python objects: resume only from checkpoints you
+trust (docs/engine.md).
 """
 import argparse
 import os

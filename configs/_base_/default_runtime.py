@@ -5,9 +5,9 @@ default_hooks = dict(
     timer=dict(type='IterTimerHook'),
     logger=dict(type='LoggerHook', interval=50),
     param_scheduler=dict(type='ParamSchedulerHook'),
-    # mmengine's CheckpointHook + atomic writes (temp file + os.replace),
-    # outdated checkpoints removed only after the new one is safe, and the
-    # RNG state saved/restored so that --resume reproduces an uninterrupted run
+    # mmengine's CheckpointHook writing through the 'atomic_local' storage backend (temp file, fsync,
+    # rename), outdated checkpoints removed only after the new one is complete, and the RNG state
+    # saved/restored so that --resume reproduces an uninterrupted run (docs/engine.md)
     checkpoint=dict(type='AtomicCheckpointHook', interval=1),
     sampler_seed=dict(type='DistSamplerSeedHook'),
     # peak memory of every logging interval (CUDA allocator peak or CPU RSS, GiB) in the log line and
