@@ -18,7 +18,7 @@ from mmengine.structures import InstanceData
 
 import sherl_mm
 from sherl_mm.datasets import AnnotationError, GROUNDING_META_KEYS, RefCOCODataset
-from sherl_mm.datasets.demo_grounding import (ANIMALS, DATA_VERSION, GRID, OBJECTS, REPHRASINGS, VARIANTS,
+from sherl_mm.demo.grounding import (ANIMALS, DATA_VERSION, GRID, OBJECTS, REPHRASINGS, VARIANTS,
                                               build_grounding_demo, emoji_name, read_build_stamp, reliable_colour,
                                               resolve_expression)
 from sherl_mm.datasets.transforms import RandomSizeCrop
@@ -164,8 +164,8 @@ def test_demo_colour_words_only_when_reliable():
 
 
 def test_demo_rephrasings_avoid_the_names():
-    from sherl_mm.datasets.demo_grounding import GROUNDING_EMOJI
-    from sherl_mm.datasets.demo_retrieval_vqa import COLOURS
+    from sherl_mm.demo.grounding import GROUNDING_EMOJI
+    from sherl_mm.demo.scenes import COLOURS
     assert set(REPHRASINGS) == set(GROUNDING_EMOJI)
     for codepoint, phrases in REPHRASINGS.items():
         name_words = set(emoji_name(codepoint).split()) - set(COLOURS)

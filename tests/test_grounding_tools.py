@@ -18,7 +18,7 @@ import _tiny_grounding as T  # noqa: E402
 from _tools import load_tool  # noqa: E402
 
 import sherl_mm  # noqa: E402
-from sherl_mm.datasets.demo_grounding import build_grounding_demo  # noqa: E402
+from sherl_mm.demo.grounding import build_grounding_demo  # noqa: E402
 from sherl_mm.engine import run_test, run_train  # noqa: E402
 from sherl_mm.registry import MODELS  # noqa: E402
 

@@ -12,7 +12,7 @@ from _tools import load_tool
 from mmengine.registry import DefaultScope
 
 from sherl_mm.datasets import AnnotationError, KarpathyRetrievalDataset
-from sherl_mm.datasets.demo_retrieval_vqa import build_retrieval_demo
+from sherl_mm.demo.retrieval import build_retrieval_demo
 from sherl_mm.evaluation import RetrievalRecall, recall_metrics, retrieval_ranks
 
 # ----------------------------------------------------------------------------- metric

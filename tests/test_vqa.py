@@ -9,7 +9,7 @@ import pytest
 from mmengine.registry import DefaultScope
 
 from sherl_mm.datasets import AnnotationError, VQAv2Dataset
-from sherl_mm.datasets.demo_retrieval_vqa import build_vqa_demo
+from sherl_mm.demo.vqa import build_vqa_demo
 from sherl_mm.datasets.vqa import build_answer_vocab, soft_score
 from sherl_mm.evaluation import VQAAccuracy, normalize_answer, vqa_accuracy
 from sherl_mm.evaluation.vqa import CONTRACTIONS, process_digit_article, process_punctuation

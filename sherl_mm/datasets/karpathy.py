@@ -8,7 +8,7 @@
                  "sentences": [{"raw": "A man with a red helmet ...", ...}, ...]}, ...]}
 
 The image path is ``data_prefix['img_path'] / filepath / filename``. The
-demo data (:mod:`sherl_mm.datasets.demo_retrieval_vqa`) is written in the same
+demo data (:mod:`sherl_mm.demo.retrieval`) is written in the same
 format, so this one reader serves COCO, Flickr30K and the demo.
 
 Two modes:
