@@ -361,29 +361,6 @@ class MDETRGrounding(BaseDetector):
         targets = self.build_targets(batch_data_samples, result['tokenized'])
         return self.head.loss(result['outputs'], targets)
 
-    def synthetic_batch(self, batch_size: int, image_size: tuple[int, int] = (800, 1066), seed: int = 0) -> dict:
-        """A data batch as the dataloader gives it (before the data
-        preprocessor): random ``(3, H, W)`` uint8 images of ``image_size``
-        (RefCOCO at MDETR's test scale by default), one referring expression
-        and box each. For benchmarks of models without their data
-        (``benchmark=dict(batch='synthetic')``)."""
-        g = torch.Generator().manual_seed(seed)
-        height, width = image_size
-        caption = 'the man in the red shirt on the left'
-        inputs, samples = [], []
-        for _ in range(batch_size):
-            inputs.append(torch.randint(0, 256, (3, height, width), generator=g, dtype=torch.uint8))
-            x1 = float(torch.randint(0, width // 2, (1,), generator=g))
-            y1 = float(torch.randint(0, height // 2, (1,), generator=g))
-            box = [x1, y1, x1 + width / 3, y1 + height / 3]
-            sample = DetDataSample(metainfo=dict(
-                img_shape=(height, width), ori_shape=(height, width), pad_shape=(height, width),
-                scale_factor=(1.0, 1.0), text=caption, tokens_positive=[[[4, 7]]], ref_bbox=box,
-                dataset_name='synthetic', split='val'))
-            sample.gt_instances = InstanceData(bboxes=torch.tensor([box]), labels=torch.zeros(1, dtype=torch.long))
-            samples.append(sample)
-        return dict(inputs=inputs, data_samples=samples)
-
     # ------------------------------------------------------------------ inference
     def predict(self, batch_inputs: Tensor, batch_data_samples: Sequence[DetDataSample],
                 rescale: bool = True) -> list[DetDataSample]:
