@@ -178,11 +178,5 @@ class KarpathyRetrievalDataset(BaseDataset):
                                       texts=list(img['captions'])))
         return data_list
 
-    @property
-    def num_images(self) -> int:
-        if self.mode == 'eval':
-            return len(self)
-        return len({self.get_data_info(i)['img_idx'] for i in range(len(self))})
-
 
 __all__ = ['AnnotationError', 'KarpathyRetrievalDataset', 'PackMultiModalInputs', 'load_json']

@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from sherl_mm.backbones.base import StackOutput
 from sherl_mm.registry import BACKBONES, MODELS, TUNERS
 from sherl_mm.tuners.sherl import SHERL
+from sherl_mm.utils.modules import eval_mode
 
 from .head import MDETRHead
 from .positive_map import create_positive_map, span_token_mask, tokenize
@@ -92,16 +93,10 @@ def _image_channels(stack: nn.Module) -> int:
     width = getattr(stack, 'output_width', None)
     if isinstance(width, int):
         return width
-    was_training = stack.training
-    stack.eval()
-    try:
-        param = next(stack.parameters(), None)
-        probe = torch.zeros(1, 3, 64, 64, device=param.device if param is not None else 'cpu')
-        with torch.no_grad():
-            channels = _last_map(stack(probe).hidden).shape[1]
-    finally:
-        stack.train(was_training)
-    return int(channels)
+    param = next(stack.parameters(), None)
+    probe = torch.zeros(1, 3, 64, 64, device=param.device if param is not None else 'cpu')
+    with eval_mode(stack), torch.no_grad():
+        return int(_last_map(stack(probe).hidden).shape[1])
 
 
 class _Holder(nn.Module):

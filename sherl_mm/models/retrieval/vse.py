@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from sherl_mm.backbones.base import map_to_tokens
 from sherl_mm.registry import BACKBONES, MODELS
 from sherl_mm.tuners import build_tuned_stacks
+from sherl_mm.utils.modules import eval_mode
 
 from .base import DualEncoderRetrieval
 from .losses import HingeTripletLoss, MaxViolationSchedule
@@ -48,26 +49,18 @@ def _stack(cfg):
 @torch.no_grad()
 def _probe_width(stack, image_size: int = 64) -> int:
     """Channels of a (tuned) image stack's output, from a dry run on a small image."""
-    was_training = stack.training
-    stack.eval()
     device = next(stack.parameters()).device
-    try:
+    with eval_mode(stack):
         out = stack(torch.zeros(1, 3, image_size, image_size, device=device)).hidden
-    finally:
-        stack.train(was_training)
     return int(out.shape[1] if out.dim() == 4 else out.shape[-1])
 
 
 @torch.no_grad()
 def _probe_text_width(tuned) -> int:
     """Width of a (tuned) text stack's token output, from a dry run on one word."""
-    was_training = tuned.training
-    tuned.eval()
-    try:
+    with eval_mode(tuned):
         ids, mask = tuned.stack.encode_texts(['a'], device=next(tuned.parameters()).device)
         return int(tuned(ids, mask).hidden.shape[-1])
-    finally:
-        tuned.train(was_training)
 
 
 @MODELS.register_module()
