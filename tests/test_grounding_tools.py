@@ -67,7 +67,7 @@ def test_fullft_config_freezes_the_resnet_stem_and_first_stage():
 
 def test_paper_size_config_trainable_count():
     """configs/sherl_mdetr_refcoco.py at its own sizes (ResNet-101, RoBERTa-base
-    built from a config with random weights): 696,200 trainable (METHOD.md §2.1)."""
+    built from a config with random weights): 696,200 trainable (docs/method.md)."""
     from test_grounding_model import PAPER_TEXT
     cfg = Config.fromfile(osp.join(REPO, 'configs', 'sherl_mdetr_refcoco.py'))
     cfg.model.text_encoder = dict(type='HFEncoderStack', config=PAPER_TEXT, tokenizer=T.minilm_tokenizer_dir())

@@ -1,5 +1,5 @@
 # SHERL on a VSE∞-style dual encoder, trained on the retrieval demo data in a few minutes on a CPU.
-# Real pretrained backbones from pip packages (ASSETS.md): EfficientNet-Lite0 (ImageNet) and all-MiniLM-L6-v2.
+# Real pretrained backbones from pip packages: EfficientNet-Lite0 (ImageNet) and all-MiniLM-L6-v2.
 #   python tools/data/make_retrieval_demo.py
 #   python tools/train.py configs/demo/sherl_vse_demo.py
 _base_ = ['../_base_/default_runtime.py', '../_base_/datasets/retrieval_demo.py', '../_base_/models/minilm.py']

@@ -17,7 +17,7 @@ Three kinds of figure, from the most to the least repeatable:
   ``torch.cuda.max_memory_allocated``, resettable with
   ``torch.cuda.reset_peak_memory_stats``. It excludes the CUDA context and
   cached-but-free blocks (it reads lower than nvidia-smi). The SHERL/UniPT
-  code reads this counter and never resets it (METHOD.md §5.2).
+  code reads this counter and never resets it (``docs/method.md``, memory).
 * **Process resident memory on the CPU.** :func:`process_peak_rss_bytes` is
   ``getrusage(RUSAGE_SELF).ru_maxrss``: the peak RSS since the process
   started. **The kernel offers no way to reset it**, so it only says something
@@ -71,7 +71,7 @@ def to_mib(num_bytes: float | None) -> float | None:
 
 
 def to_paper_gb(num_bytes: float | None) -> float | None:
-    """Bytes to the SHERL/UniPT papers' "GB": MiB / 1000 (METHOD.md §5.2)."""
+    """Bytes to the SHERL/UniPT papers' "GB": MiB / 1000 (``docs/benchmarks.md``)."""
     return None if num_bytes is None else num_bytes / MIB / 1000
 
 

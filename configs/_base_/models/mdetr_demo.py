@@ -1,5 +1,5 @@
 # A small MDETR-like grounding model on the two real pretrained backbones that install from the package
-# registries (ASSETS.md): EfficientNet-Lite0 (ImageNet; a 1280-channel map at stride 32) and
+# registries: EfficientNet-Lite0 (ImageNet; a 1280-channel map at stride 32) and
 # all-MiniLM-L6-v2 (6 layers, width 384). The transformer keeps MDETR's structure (6 encoder and 6
 # decoder post-norm layers, early image-text concatenation, soft-token / box / contrastive-align heads)
 # at width 64, so that SHERL's MDETR placement (encoder layers {0,1,3,5}, decoder {0,2,3,4} + the last

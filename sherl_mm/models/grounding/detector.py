@@ -12,14 +12,14 @@ Pipeline (MDETR ``models/mdetr.py`` + ``models/transformer.py``, batch-first)::
 
 The four stacks (``image``, ``text``, ``encoder``, ``decoder``) go through
 :func:`sherl_mm.tuners.build_tuned_stacks` with the ``tuner=`` config
-(targets ``encoder`` and ``decoder`` by default). With SHERL (METHOD.md
-§2.1) the encoder's tuned output (its MTSA output) is the memory of the late
+(targets ``encoder`` and ``decoder`` by default). With SHERL (placement:
+``docs/method.md``) the encoder's tuned output (its MTSA output) is the memory of the late
 decoder layer only (``late_context``), the early decoder layers attend to the
 frozen encoder output (``StackOutput.frozen``), the contrastive-align head
 reads the frozen encoder's text tokens, and the single auxiliary output is the
 decoder's MTSA output (``StackOutput.side``). A decoder tuner that makes its
 own auxiliary head inputs returns them as ``StackOutput.aux``; UniPT's MDETR
-form (METHOD.md §3.2) does so (three up-projected side states), and its decoder
+form (``docs/method.md``) does so (three up-projected side states), and its decoder
 side reads the encoder side memory from the same ``late_context['memory']``.
 On plain routes the auxiliary outputs are the decoder-norm'd intermediate layer
 outputs, as in MDETR.
@@ -48,7 +48,7 @@ from sherl_mm.utils.modules import eval_mode
 from .head import MDETRHead
 from .positive_map import create_positive_map, span_token_mask, tokenize
 
-#: SHERL as in the authors' MDETR code (METHOD.md §2.1).
+#: SHERL as in the authors' MDETR code (``docs/method.md``, placements per task: MDETR).
 DEFAULT_TUNER = dict(
     type='SHERL',
     per_stack=dict(encoder=dict(select_layers=[0, 1, 3, 5], num_late_layers=0),

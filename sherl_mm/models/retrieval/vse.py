@@ -1,5 +1,5 @@
 """VSE∞-style dual encoder for image-text retrieval (Chen et al., CVPR 2021),
-as SHERL applies it (METHOD.md §2.2).
+as SHERL applies it (``docs/method.md``, placements per task: VSE∞).
 
 Image side::
 
@@ -16,7 +16,7 @@ in the warm-up epoch, then on the hardest negatives (max violation) with a
 linear ramp over the first max-violation epoch (:mod:`.losses`).
 
 Trainable besides the tuner's modules: ``image_fc``, ``text_fc`` and the two
-GPOs (SHERL trains them too, METHOD.md D14). Training-time "size
+GPOs (the authors' SHERL trains them too). Training-time "size
 augmentation" of VSE∞ is kept: each image drops a random share of its grid
 tokens (``img_token_drop``, 0.2 in VSE∞; 0 disables it).
 """
