@@ -259,38 +259,30 @@ def run_worker(job: dict) -> dict:
         row['status'] = 'partial'
         traceback.print_exc()
 
-    # -- inference (first: no gradients or optimiser state exist yet) --------
+    def measure_phase(phase: str, error_key: str, step, training: bool) -> None:
+        """Peak memory and step times of ``warmup + iters`` calls of ``step``."""
+        model.train(training)
+        trim_host_memory()
+        try:
+            meter = PeakMemoryMeter(device)
+            with meter:
+                times = _time_steps(step, batch, device, warmup, iters)
+            _store_mem(row, phase, meter.reading, device, to_gib)
+            row[f'{phase}_step_ms'] = _median_ms(times)
+            row[f'{phase}_step_ms_all'] = [t * 1000.0 for t in times]
+        except Exception as exc:  # noqa: BLE001 - report and go on with the other figures
+            record_error(error_key, exc)
+
     def infer_step(data):
         with torch.no_grad():
             model.val_step(data)
 
-    model.eval()
-    trim_host_memory()
-    try:
-        meter = PeakMemoryMeter(device)
-        with meter:
-            times = _time_steps(infer_step, batch, device, warmup, iters)
-        _store_mem(row, 'infer', meter.reading, device, to_gib)
-        row['infer_step_ms'] = _median_ms(times)
-        row['infer_step_ms_all'] = [t * 1000.0 for t in times]
-    except Exception as exc:  # noqa: BLE001 - report and go on with the other figures
-        record_error('inference', exc)
-
-    # -- training ------------------------------------------------------------
     def train_step(data):
         model.train_step(data, optim_wrapper)
 
-    model.train()
-    trim_host_memory()
-    try:
-        meter = PeakMemoryMeter(device)
-        with meter:
-            times = _time_steps(train_step, batch, device, warmup, iters)
-        _store_mem(row, 'train', meter.reading, device, to_gib)
-        row['train_step_ms'] = _median_ms(times)
-        row['train_step_ms_all'] = [t * 1000.0 for t in times]
-    except Exception as exc:  # noqa: BLE001
-        record_error('train', exc)
+    # inference first: no gradients or optimiser state exist yet
+    measure_phase('infer', 'inference', infer_step, training=False)
+    measure_phase('train', 'train', train_step, training=True)
 
     # -- bytes saved for backward by one training forward --------------------
     try:
