@@ -2,6 +2,7 @@
 through an mmengine Runner on the CPU."""
 import glob
 import json
+import mmap
 import os.path as osp
 import time
 
@@ -16,8 +17,7 @@ from torch.utils.data import Dataset
 from sherl_mm.hooks import ParameterTableHook, PeakMemoryHook, parameter_rows, parameter_table
 from sherl_mm.registry import HOOKS, METRICS
 from sherl_mm.utils.memory import (GIB, PeakMemoryMeter, RSSPeakSampler, SavedTensorCounter, current_rss_bytes,
-                                   process_peak_rss_bytes, saved_tensor_bytes, to_gib, to_paper_gb,
-                                   trim_host_memory)
+                                   process_peak_rss_bytes, saved_tensor_bytes, to_gib, to_paper_gb)
 
 # --------------------------------------------------------------------------
 # saved tensors
@@ -100,13 +100,22 @@ def test_units():
     assert to_gib(None) is None
 
 
+def _resident_block(num_bytes: int) -> mmap.mmap:
+    """A fresh anonymous mapping with every page written: resident memory that the C allocator cannot
+    serve from free memory it already holds (a long test process may hold hundreds of MiB), and that
+    ``close()`` gives back to the kernel at once."""
+    block = mmap.mmap(-1, num_bytes)
+    for offset in range(0, num_bytes, mmap.PAGESIZE):
+        block[offset] = 1
+    return block
+
+
 def test_rss_readings_and_cpu_meter():
     assert current_rss_bytes() > 0
     assert process_peak_rss_bytes() >= current_rss_bytes() * 0.5
     meter = PeakMemoryMeter('cpu')
     with meter:
-        block = torch.ones(32, 2 ** 20)  # 128 MiB, touched
-        del block
+        _resident_block(128 * 2 ** 20).close()
     reading = meter.reading
     assert reading.peak >= reading.baseline
     assert reading.delta == reading.peak - reading.baseline
@@ -133,10 +142,9 @@ def test_rss_sampler_reset_with_real_memory():
     """A 128 MiB block held and freed before reset() counts in the peak before it, not after."""
     sampler = RSSPeakSampler(interval=0.001).start()
     try:
-        block = torch.ones(32, 2 ** 20)  # 128 MiB, touched; freed with munmap (above glibc's mmap threshold)
+        block = _resident_block(128 * 2 ** 20)
         high = sampler.peak_bytes
-        del block
-        trim_host_memory()
+        block.close()
         sampler.reset()
         assert high - sampler.peak_bytes > 64 * 2 ** 20
     finally:
@@ -243,7 +251,7 @@ def test_peak_memory_hook_cpu_runner(tmp_path):
 
 
 class _SpikeModel(_ToyModel):
-    """Holds a 256 MiB block during its first training step only."""
+    """Holds 256 MiB of resident memory during its first training step only."""
 
     def __init__(self):
         super().__init__()
@@ -253,9 +261,9 @@ class _SpikeModel(_ToyModel):
         if mode == 'loss':
             self.steps += 1
             if self.steps == 1:
-                held = [torch.ones(64, 2 ** 20)]
-                time.sleep(0.05)   # held long enough for the 1 ms sampler
-                held.clear()
+                block = _resident_block(256 * 2 ** 20)
+                time.sleep(0.2)   # held long enough for the 1 ms sampler, also on a busy machine
+                block.close()
         return super().forward(inputs, data_samples, mode)
 
 
