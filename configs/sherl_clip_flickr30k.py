@@ -1,7 +1,7 @@
 # SHERL on a CLIP dual encoder (image-text retrieval, Flickr30K Karpathy splits): OpenCLIP ViT-B/32, SHERL on
 # both towers (MTSA over the input and layers 0..10, late regulation of layer 11, d = D/2, CLIP-ViL's Eq. 1
 # down-projection), symmetric InfoNCE with CLIP's learnable temperature. The paper has no CLIP-retrieval
-# experiment (its CLIP4Clip variant is a different, no-late-layer design, METHOD.md §2.3); the optimisation
+# experiment (its CLIP4Clip variant is a different, no-late-layer design: docs/method.md); the optimisation
 # settings below are ordinary CLIP fine-tuning choices, not the authors'.
 #
 # Pretrained weights (local file; nothing is downloaded at run time):

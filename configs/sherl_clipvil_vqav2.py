@@ -1,4 +1,4 @@
-# SHERL on CLIP-ViL (VQAv2), as in the authors' CLIP-ViL code (METHOD.md §2.4): a frozen CLIP image encoder
+# SHERL on CLIP-ViL (VQAv2), as in the authors' CLIP-ViL code (docs/vqa.md): a frozen CLIP image encoder
 # gives grid features, projected and concatenated with the question's BERT embeddings, through a 12-layer
 # single-stream BERT (VisualBERT style). SHERL: MTSA (CLIP-ViL variant, Eq. 1 down-projection, d = 768/2)
 # over the joint input and layers 0..10, late regulation of layer 11; trained: MTSA + logit_fc.

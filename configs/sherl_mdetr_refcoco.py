@@ -1,4 +1,4 @@
-# SHERL on MDETR for RefCOCO (the paper's Table 5 setting; METHOD.md §2.1 and §5.1):
+# SHERL on MDETR for RefCOCO (the paper's Table 5 setting; docs/grounding.md, docs/method.md):
 #   python tools/train.py configs/sherl_mdetr_refcoco.py              # 1 GPU, batch 4
 #   bash tools/dist_train.sh configs/sherl_mdetr_refcoco.py 2         # the paper's 2 x 4
 #   python tools/test.py configs/sherl_mdetr_refcoco.py work_dirs/sherl_mdetr_refcoco/epoch_10.pth

@@ -1,5 +1,5 @@
 # SHERL on VSE∞ (image-text retrieval, MS-COCO Karpathy splits), as in the authors' VSE-infty code
-# (METHOD.md §2.2): ResNeXt-101 32x8d WSL + BERT-base, joint space 1024, GPO pooling, hinge triplet loss
+# (docs/retrieval.md): ResNeXt-101 32x8d WSL + BERT-base, joint space 1024, GPO pooling, hinge triplet loss
 # (sum of hinges in epoch 0, hardest negatives from epoch 1 with a one-epoch linear ramp).
 #
 # Pretrained weights (local files; nothing is downloaded at run time):
@@ -32,7 +32,7 @@ model = dict(
                       mtsa=dict(variant='vse_bert', side_width=embed_size // 2)))),
 )
 
-# AdamW 5e-4, weight decay 1e-2, clip 2.0, 25 epochs, lr x0.1 at epoch 15, batch 112 (METHOD.md §2.2)
+# AdamW 5e-4, weight decay 1e-2, clip 2.0, 25 epochs, lr x0.1 at epoch 15, batch 112 (the authors' settings)
 optim_wrapper = dict(type='OptimWrapper', optimizer=dict(type='AdamW', lr=5e-4, weight_decay=1e-2),
                      clip_grad=dict(max_norm=2.0))
 param_scheduler = [dict(type='MultiStepLR', by_epoch=True, milestones=[15], gamma=0.1)]

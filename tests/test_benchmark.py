@@ -85,8 +85,41 @@ def test_worker_synthetic_batch(tmp_path):
     row = bt.run_worker(_job(tmp_path, 'full', dict(type='FullFineTune'), synthetic=True, batch_size=2))
     assert row['status'] == 'ok', row['errors']
     assert row['params_trainable'] == row['params_total']
-    assert 'synthetic batch from model.synthetic_batch()' in row['notes']
+    assert 'synthetic batch of BenchTinyClassifier (sherl_mm.benchmark)' in row['notes']
     assert row['saved_bytes'] > 2 * 16 * 4
+
+
+def test_worker_measures_cpu_amp_as_training_runs_it(tmp_path):
+    """An AmpOptimWrapper config is measured on the CPU with CpuBf16OptimWrapper, as tools/train.py trains
+    it there: the forward runs under bf16 autocast, so the head saves its (3, 16) input in bf16, half the
+    fp32 bytes of the same run without AMP."""
+    fp32 = bt.run_worker(_job(tmp_path, 'fp32', dict(type='LinearProbe')))
+    amp = bt.run_worker(_job(tmp_path, 'amp', dict(type='LinearProbe'),
+                             cfg_options={'optim_wrapper.type': 'AmpOptimWrapper'}))
+    assert fp32['status'] == amp['status'] == 'ok', (fp32['errors'], amp['errors'])
+    assert any('CpuBf16OptimWrapper' in note for note in amp['notes'])
+    assert fp32['saved_bytes'] - amp['saved_bytes'] == 3 * 16 * (4 - 2)
+
+
+def test_grounding_synthetic_batch_feeds_the_grounding_model():
+    """The paper-size MDETR benchmark's input (benchmark=dict(batch='synthetic')) comes from
+    sherl_mm.benchmark, not from the model class: random images of the requested size with one caption
+    span and box each, which the grounding model's preprocessor and loss accept."""
+    import _tiny_grounding as T
+    from sherl_mm.benchmark import synthetic_batch
+    from sherl_mm.benchmark.synthetic import grounding_batch
+    from torch import nn
+
+    model = T.build_tiny()
+    assert not hasattr(model, 'synthetic_batch')
+    batch = grounding_batch(model, 2, image_size=(64, 96))
+    assert [tuple(x.shape) for x in batch['inputs']] == [(3, 64, 96)] * 2
+    losses = model(**model.data_preprocessor(batch, True), mode='loss')
+    assert all(v.isfinite().all() for k, v in losses.items() if 'loss' in k)
+    full_size = synthetic_batch(model, 1)          # looked up by the model's class: MDETR's test scale
+    assert tuple(full_size['inputs'][0].shape) == (3, 800, 1066)
+    with pytest.raises(KeyError, match='no synthetic batch for Linear'):
+        synthetic_batch(nn.Linear(2, 2), 1)
 
 
 def test_worker_reports_build_errors(tmp_path):

@@ -7,6 +7,8 @@ import hashlib
 import json
 import os
 import os.path as osp
+import subprocess
+import sys
 from collections import defaultdict
 
 import numpy as np
@@ -18,7 +20,7 @@ from mmengine.structures import InstanceData
 
 import sherl_mm
 from sherl_mm.datasets import AnnotationError, GROUNDING_META_KEYS, RefCOCODataset
-from sherl_mm.datasets.demo_grounding import (ANIMALS, DATA_VERSION, GRID, OBJECTS, REPHRASINGS, VARIANTS,
+from sherl_mm.demo.grounding import (ANIMALS, DATA_VERSION, GRID, OBJECTS, REPHRASINGS, VARIANTS,
                                               build_grounding_demo, emoji_name, read_build_stamp, reliable_colour,
                                               resolve_expression)
 from sherl_mm.datasets.transforms import RandomSizeCrop
@@ -164,8 +166,8 @@ def test_demo_colour_words_only_when_reliable():
 
 
 def test_demo_rephrasings_avoid_the_names():
-    from sherl_mm.datasets.demo_grounding import GROUNDING_EMOJI
-    from sherl_mm.datasets.demo_retrieval_vqa import COLOURS
+    from sherl_mm.demo.grounding import GROUNDING_EMOJI
+    from sherl_mm.demo.scenes import COLOURS
     assert set(REPHRASINGS) == set(GROUNDING_EMOJI)
     for codepoint, phrases in REPHRASINGS.items():
         name_words = set(emoji_name(codepoint).split()) - set(COLOURS)
@@ -206,6 +208,17 @@ def test_demo_skip_if_current_rebuilds_only_stale_data(tmp_path):
     assert build_marks_and_rebuilds(num_train=6) and osp.isfile(vdir / 'finetune_refcoco_val.json')
     assert not build_marks_and_rebuilds(num_train=6, skip_if_current=True)
     assert build_marks_and_rebuilds(num_train=6, skip_if_current=False)
+
+
+def test_library_never_imports_the_demo_or_benchmark_tooling():
+    """sherl_mm/demo (data builders) and sherl_mm/benchmark (benchmark input) are tooling: importing every
+    registering module of the library leaves them unloaded."""
+    code = ('import sys, sherl_mm; sherl_mm.register_all_modules(); '
+            'print(sorted(m for m in sys.modules if m.startswith(("sherl_mm.demo", "sherl_mm.benchmark"))))')
+    proc = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, 'PYTHONPATH': REPO})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == '[]'
 
 
 def test_demo_cli(tmp_path):

@@ -390,7 +390,7 @@ def test_sherl_late_layer_uses_encoder_side_memory_and_frozen_text_memory():
 
 
 def test_sherl_with_identity_mtsa_reproduces_the_frozen_model():
-    """METHOD.md I2: zero up-projection (Linear and LN affine) and α = 10 in both
+    """Zero up-projection (Linear and LN affine) and α = 10 in both
     MTSA blocks make SHERL's route equal the plain frozen model, in eval mode."""
     require_tuner('SHERL')
     sherl = T.build_tiny(T.TINY_SHERL).eval()
@@ -596,7 +596,7 @@ def test_mdetr_checkpoint_errors(tmp_path):
 
 
 # --------------------------------------------------------------------------
-# paper-size trainable count (METHOD.md §2.1: 696,200)
+# paper-size trainable count (docs/method.md: 696,200)
 # --------------------------------------------------------------------------
 PAPER_TEXT = dict(model_type='roberta', vocab_size=50265, hidden_size=768, num_hidden_layers=12,
                   num_attention_heads=12, intermediate_size=3072, max_position_embeddings=514, type_vocab_size=1,

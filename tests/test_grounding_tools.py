@@ -18,7 +18,7 @@ import _tiny_grounding as T  # noqa: E402
 from _tools import load_tool  # noqa: E402
 
 import sherl_mm  # noqa: E402
-from sherl_mm.datasets.demo_grounding import build_grounding_demo  # noqa: E402
+from sherl_mm.demo.grounding import build_grounding_demo  # noqa: E402
 from sherl_mm.engine import run_test, run_train  # noqa: E402
 from sherl_mm.registry import MODELS  # noqa: E402
 
@@ -67,7 +67,7 @@ def test_fullft_config_freezes_the_resnet_stem_and_first_stage():
 
 def test_paper_size_config_trainable_count():
     """configs/sherl_mdetr_refcoco.py at its own sizes (ResNet-101, RoBERTa-base
-    built from a config with random weights): 696,200 trainable (METHOD.md §2.1)."""
+    built from a config with random weights): 696,200 trainable (docs/method.md)."""
     from test_grounding_model import PAPER_TEXT
     cfg = Config.fromfile(osp.join(REPO, 'configs', 'sherl_mdetr_refcoco.py'))
     cfg.model.text_encoder = dict(type='HFEncoderStack', config=PAPER_TEXT, tokenizer=T.minilm_tokenizer_dir())

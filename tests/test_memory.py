@@ -2,7 +2,9 @@
 through an mmengine Runner on the CPU."""
 import glob
 import json
+import mmap
 import os.path as osp
+import time
 
 import pytest
 import torch
@@ -98,13 +100,22 @@ def test_units():
     assert to_gib(None) is None
 
 
+def _resident_block(num_bytes: int) -> mmap.mmap:
+    """A fresh anonymous mapping with every page written: resident memory that the C allocator cannot
+    serve from free memory it already holds (a long test process may hold hundreds of MiB), and that
+    ``close()`` gives back to the kernel at once."""
+    block = mmap.mmap(-1, num_bytes)
+    for offset in range(0, num_bytes, mmap.PAGESIZE):
+        block[offset] = 1
+    return block
+
+
 def test_rss_readings_and_cpu_meter():
     assert current_rss_bytes() > 0
     assert process_peak_rss_bytes() >= current_rss_bytes() * 0.5
     meter = PeakMemoryMeter('cpu')
     with meter:
-        block = torch.ones(32, 2 ** 20)  # 128 MiB, touched
-        del block
+        _resident_block(128 * 2 ** 20).close()
     reading = meter.reading
     assert reading.peak >= reading.baseline
     assert reading.delta == reading.peak - reading.baseline
@@ -112,14 +123,30 @@ def test_rss_readings_and_cpu_meter():
     assert reading.delta > 64 * 2 ** 20
 
 
-def test_rss_sampler_reset():
+def test_rss_sampler_reset_forgets_the_earlier_peak(monkeypatch):
+    """After reset() the peak is the RSS from then on, not the high before it (scripted readings, no thread)."""
+    import sherl_mm.utils.memory as memory
+    rss = [500]
+    monkeypatch.setattr(memory, 'current_rss_bytes', lambda: rss[0])
+    sampler = RSSPeakSampler()
+    sampler.sample()
+    rss[0] = 100
+    assert sampler.peak_bytes == 500
+    sampler.reset()
+    assert sampler.peak_bytes == 100
+    rss[0] = 300
+    assert sampler.peak_bytes == 300
+
+
+def test_rss_sampler_reset_with_real_memory():
+    """A 128 MiB block held and freed before reset() counts in the peak before it, not after."""
     sampler = RSSPeakSampler(interval=0.001).start()
     try:
-        block = torch.ones(16, 2 ** 20)
+        block = _resident_block(128 * 2 ** 20)
         high = sampler.peak_bytes
-        del block
+        block.close()
         sampler.reset()
-        assert sampler.peak_bytes <= high
+        assert high - sampler.peak_bytes > 64 * 2 ** 20
     finally:
         sampler.stop()
 
@@ -161,7 +188,7 @@ class _ToyAccuracy(BaseMetric):
         return dict(acc=sum(results) / len(results))
 
 
-def _runner(tmp_path, custom_hooks, max_iters=6, log_interval=2, val_interval=None):
+def _runner(tmp_path, custom_hooks, max_iters=6, log_interval=2, val_interval=None, model=None):
     loader = dict(dataset=_ToyDataset(), sampler=dict(type='DefaultSampler', shuffle=False),
                   collate_fn=dict(type='default_collate'), batch_size=4, num_workers=0)
     evaluation = {}
@@ -169,7 +196,7 @@ def _runner(tmp_path, custom_hooks, max_iters=6, log_interval=2, val_interval=No
         evaluation = dict(val_dataloader=loader, val_cfg=dict(), val_evaluator=dict(type='_ToyAccuracy'),
                           test_dataloader=loader, test_cfg=dict(), test_evaluator=dict(type='_ToyAccuracy'))
     return Runner(
-        model=_ToyModel(),
+        model=model or _ToyModel(),
         work_dir=str(tmp_path),
         train_dataloader=loader,
         train_cfg=dict(by_epoch=False, max_iters=max_iters, val_interval=val_interval or 10 ** 6),
@@ -223,12 +250,34 @@ def test_peak_memory_hook_cpu_runner(tmp_path):
     assert 'whole-run peak memory' in log
 
 
+class _SpikeModel(_ToyModel):
+    """Holds 256 MiB of resident memory during its first training step only."""
+
+    def __init__(self):
+        super().__init__()
+        self.steps = 0
+
+    def forward(self, inputs, data_samples=None, mode='tensor'):
+        if mode == 'loss':
+            self.steps += 1
+            if self.steps == 1:
+                block = _resident_block(256 * 2 ** 20)
+                time.sleep(0.2)   # held long enough for the 1 ms sampler, also on a busy machine
+                block.close()
+        return super().forward(inputs, data_samples, mode)
+
+
 def test_peak_memory_hook_sampled_mode(tmp_path):
-    runner = _runner(tmp_path, [dict(type='PeakMemoryHook', cpu_mode='sampled', sample_interval=0.001)])
+    """In sampled mode each log line reports the peak since the previous one: the first interval holds
+    a 256 MiB spike, the later ones do not (with the sampler's reset broken they would repeat it)."""
+    runner = _runner(tmp_path, [dict(type='PeakMemoryHook', cpu_mode='sampled', sample_interval=0.001)],
+                     model=_SpikeModel())
     runner.train()
     iter_records = [r for r in _scalars(tmp_path) if 'loss' in r]
     assert len(iter_records) == 3
     assert all(r['peak_mem_gib'] > 0 for r in iter_records)
+    first, *later = [r['peak_mem_gib'] for r in iter_records]
+    assert first - max(later) > 0.125    # GiB: at least half the spike
 
 
 class _ScriptedPeakHook(PeakMemoryHook):

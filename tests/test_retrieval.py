@@ -12,7 +12,7 @@ from _tools import load_tool
 from mmengine.registry import DefaultScope
 
 from sherl_mm.datasets import AnnotationError, KarpathyRetrievalDataset
-from sherl_mm.datasets.demo_retrieval_vqa import build_retrieval_demo
+from sherl_mm.demo.retrieval import build_retrieval_demo
 from sherl_mm.evaluation import RetrievalRecall, recall_metrics, retrieval_ranks
 
 # ----------------------------------------------------------------------------- metric
@@ -317,7 +317,7 @@ BERT_BASE = dict(model_type='bert', hidden_size=768, num_hidden_layers=12, num_a
 
 def test_sherl_vse_coco_trainable_parameters_match_the_authors_model():
     """The paper-size config (ResNeXt-101 32x8d + BERT-base, random weights here) trains exactly as many
-    parameters as the authors' SHERL VSE∞: 11,071,556 (METHOD.md §2.2: MTSA on both sides, image_fc,
+    parameters as the authors' SHERL VSE∞: 11,071,556 (docs/method.md: MTSA on both sides, image_fc,
     text_fc and the two GPOs)."""
     from mmengine.config import Config
 

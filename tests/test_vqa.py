@@ -9,7 +9,7 @@ import pytest
 from mmengine.registry import DefaultScope
 
 from sherl_mm.datasets import AnnotationError, VQAv2Dataset
-from sherl_mm.datasets.demo_retrieval_vqa import build_vqa_demo
+from sherl_mm.demo.vqa import build_vqa_demo
 from sherl_mm.datasets.vqa import build_answer_vocab, soft_score
 from sherl_mm.evaluation import VQAAccuracy, normalize_answer, vqa_accuracy
 from sherl_mm.evaluation.vqa import CONTRACTIONS, process_digit_article, process_punctuation
@@ -256,7 +256,7 @@ def test_clipvil_sibling_configs_build_and_train_step(tuner, tiny_vqa_data):
 
 def test_sherl_clipvil_trainable_parameters_match_the_authors_model(tmp_path):
     """Paper-size cross-modal BERT-base with 3,129 answers: MTSA 7,387,778 + logit_fc 5,993,529
-    (METHOD.md §2.4), nothing else trains."""
+    (docs/method.md), nothing else trains."""
     from mmengine.config import Config
 
     from sherl_mm.registry import MODELS

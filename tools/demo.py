@@ -20,7 +20,7 @@ so that every peak-memory figure belongs to one run; logs go to
    ``--sherl-placement text`` (default, ``configs/demo/sherl_text_mdetr_demo.py``):
    SHERL on the text encoder, where the new words are read; ``fusion``
    (``configs/demo/sherl_mdetr_demo.py``): the paper's MDETR placement, MTSA
-   on the fusion transformer (README: it does not learn the new words);
+   on the fusion transformer (docs/investigations.md: it does not learn the new words);
 4. the same transfer with full fine-tuning (``configs/demo/fullft_mdetr_demo.py``)
    for comparison (``--skip-fullft`` leaves it out); steps 3 and 4 run at
    the same time, each process on its share of the CPU threads (``--jobs 1``:

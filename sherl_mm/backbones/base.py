@@ -118,16 +118,6 @@ class BackboneStack(BaseModule):
                            intermediates=intermediates if return_intermediates else None)
 
 
-def freeze(module: nn.Module) -> nn.Module:
-    """Freeze every parameter of ``module`` in place (``requires_grad=False``)."""
-    module.requires_grad_(False)
-    return module
-
-
-def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
-    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
-
-
 def tokens_to_map(tokens: Tensor, height: int, width: int) -> Tensor:
     """``(B, H*W, C)`` row-major tokens to a ``(B, C, H, W)`` map."""
     return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, height, width)

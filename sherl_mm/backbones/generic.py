@@ -24,6 +24,7 @@ from mmengine.model import BaseModule
 from torch import Tensor, nn
 
 from sherl_mm.registry import BACKBONES, MODELS
+from sherl_mm.utils.modules import eval_mode
 
 from ._common import PretrainedStack, get_submodule, infer_width_from_structure, set_submodule
 
@@ -172,22 +173,16 @@ class ModuleListStack(PretrainedStack):
                 args, kwargs = (), {k: _to_probe_value(v) for k, v in probe_inputs.items()}
             else:
                 args, kwargs = tuple(_to_probe_value(v) for v in probe_inputs), {}
-            modes = [(m, m.training) for m in self.modules()]
-            self.eval()
-            try:
-                with torch.no_grad():
-                    hidden, context = self.embed(*args, **kwargs)
-                    if layout is None:
-                        self.layout = 'feature_map' if hidden.dim() == 4 else 'tokens'
-                    channel = 1 if self.layout == 'feature_map' else -1
-                    first = hidden.shape[channel]
-                    widths = []
-                    for index in range(n):
-                        hidden = self.run_layer(index, hidden, context)
-                        widths.append(hidden.shape[channel])
-            finally:
-                for module, mode in modes:  # restore each module's own mode
-                    module.training = mode
+            with eval_mode(self), torch.no_grad():
+                hidden, context = self.embed(*args, **kwargs)
+                if layout is None:
+                    self.layout = 'feature_map' if hidden.dim() == 4 else 'tokens'
+                channel = 1 if self.layout == 'feature_map' else -1
+                first = hidden.shape[channel]
+                widths = []
+                for index in range(n):
+                    hidden = self.run_layer(index, hidden, context)
+                    widths.append(hidden.shape[channel])
             return widths, int(input_width if input_width is not None else first), 'probe'
         for holder_name, holder in (('module.config', getattr(self.module, 'config', None)), ('module', self.module)):
             for attr in _WIDTH_ATTRS:

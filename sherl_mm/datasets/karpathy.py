@@ -8,7 +8,7 @@
                  "sentences": [{"raw": "A man with a red helmet ...", ...}, ...]}, ...]}
 
 The image path is ``data_prefix['img_path'] / filepath / filename``. The
-demo data (:mod:`sherl_mm.datasets.demo_retrieval_vqa`) is written in the same
+demo data (:mod:`sherl_mm.demo.retrieval`) is written in the same
 format, so this one reader serves COCO, Flickr30K and the demo.
 
 Two modes:
@@ -177,12 +177,6 @@ class KarpathyRetrievalDataset(BaseDataset):
                 data_list.append(dict(img_path=img['img_path'], img_id=img['img_id'], img_idx=img_idx,
                                       texts=list(img['captions'])))
         return data_list
-
-    @property
-    def num_images(self) -> int:
-        if self.mode == 'eval':
-            return len(self)
-        return len({self.get_data_info(i)['img_idx'] for i in range(len(self))})
 
 
 __all__ = ['AnnotationError', 'KarpathyRetrievalDataset', 'PackMultiModalInputs', 'load_json']

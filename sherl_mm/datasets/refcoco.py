@@ -17,7 +17,7 @@ with one ``images[]`` entry per (image, referring expression)::
 ``tokens_positive`` holds the character spans ``[start, end)`` of the
 caption's root noun phrase. The images are COCO train2014
 (``data_prefix=dict(img='train2014/')``). The demo data
-(:mod:`sherl_mm.datasets.demo_grounding`) is written in the same format.
+(:mod:`sherl_mm.demo.grounding`) is written in the same format.
 
 mmdet's own ``MDETRStyleRefCocoDataset`` is evaluation-only (it drops
 ``tokens_positive``); this class serves training and testing. One sample per

@@ -17,7 +17,7 @@ Three kinds of figure, from the most to the least repeatable:
   ``torch.cuda.max_memory_allocated``, resettable with
   ``torch.cuda.reset_peak_memory_stats``. It excludes the CUDA context and
   cached-but-free blocks (it reads lower than nvidia-smi). The SHERL/UniPT
-  code reads this counter and never resets it (METHOD.md §5.2).
+  code reads this counter and never resets it (``docs/method.md``, memory).
 * **Process resident memory on the CPU.** :func:`process_peak_rss_bytes` is
   ``getrusage(RUSAGE_SELF).ru_maxrss``: the peak RSS since the process
   started. **The kernel offers no way to reset it**, so it only says something
@@ -71,7 +71,7 @@ def to_mib(num_bytes: float | None) -> float | None:
 
 
 def to_paper_gb(num_bytes: float | None) -> float | None:
-    """Bytes to the SHERL/UniPT papers' "GB": MiB / 1000 (METHOD.md §5.2)."""
+    """Bytes to the SHERL/UniPT papers' "GB": MiB / 1000 (``docs/benchmarks.md``)."""
     return None if num_bytes is None else num_bytes / MIB / 1000
 
 
@@ -200,10 +200,6 @@ def saved_tensor_bytes(fn: Callable[..., Any], *args: Any,
 # ----------------------------------------------------------------------------
 # CUDA allocator peak
 # ----------------------------------------------------------------------------
-
-def _is_cuda(device: Any) -> bool:
-    return torch.device(device).type == 'cuda' if device is not None else torch.cuda.is_available()
-
 
 def reset_cuda_peak(device: Any = None) -> None:
     """``torch.cuda.reset_peak_memory_stats(device)`` (no-op without CUDA)."""
@@ -401,16 +397,7 @@ class PeakMemoryMeter:
                                    delta=int(max(0, peak - self._baseline)), method=method)
 
 
-def memory_summary(device: Any = None) -> dict:
-    """The figures a log line wants, in bytes: on CUDA the allocator's
-    current/peak, on the CPU the process RSS current/peak."""
-    if _is_cuda(device):
-        return dict(current=cuda_current_bytes(device), peak=cuda_peak_bytes(device),
-                    source='torch.cuda.max_memory_allocated')
-    return dict(current=current_rss_bytes(), peak=process_peak_rss_bytes(), source='ru_maxrss (process peak RSS)')
-
-
 __all__ = ['CPU_MALLOC_ENV', 'GIB', 'MIB', 'PeakMemoryMeter', 'PeakReading', 'RSSPeakSampler',
            'SavedTensorCounter', 'SavedTensorStats', 'cuda_current_bytes', 'cuda_peak_bytes', 'current_rss_bytes',
-           'memory_summary', 'process_peak_rss_bytes', 'reset_cuda_peak', 'saved_tensor_bytes', 'to_gib', 'to_mib',
+           'process_peak_rss_bytes', 'reset_cuda_peak', 'saved_tensor_bytes', 'to_gib', 'to_mib',
            'to_paper_gb', 'trim_host_memory']

@@ -3,8 +3,8 @@
 ``BenchTinyStack`` is a 4-layer pre-norm transformer encoder exposed as a
 :class:`~sherl_mm.backbones.base.BackboneStack`; ``BenchTinyClassifier`` puts
 one ``tuner=`` config on it through :func:`sherl_mm.tuners.build_tuned_stacks`
-and classifies the mean token; ``BenchTinyDataset`` yields random token sets
-with labels. Imported by the benchmark worker through the fixture config's
+and classifies the mean token, with a synthetic batch registered for the
+benchmark; ``BenchTinyDataset`` yields random token sets with labels. Imported by the benchmark worker through the fixture config's
 ``custom_imports``.
 """
 from __future__ import annotations
@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from sherl_mm.backbones.base import BackboneStack
+from sherl_mm.benchmark import register_synthetic_batch
 from sherl_mm.registry import BACKBONES, DATASETS, MODELS
 from sherl_mm.tuners import build_tuned_stacks
 
@@ -73,10 +74,12 @@ class BenchTinyClassifier(BaseModel):
             return list(logits.argmax(dim=-1))
         return logits
 
-    def synthetic_batch(self, batch_size: int) -> dict:
-        g = torch.Generator().manual_seed(0)
-        return dict(inputs=torch.randn(batch_size, self.tokens, self.in_dim, generator=g),
-                    data_samples=torch.randint(0, self.num_classes, (batch_size,), generator=g))
+
+@register_synthetic_batch('BenchTinyClassifier')
+def tiny_batch(model: BenchTinyClassifier, batch_size: int, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    return dict(inputs=torch.randn(batch_size, model.tokens, model.in_dim, generator=g),
+                data_samples=torch.randint(0, model.num_classes, (batch_size,), generator=g))
 
 
 @DATASETS.register_module(force=True)

@@ -3,7 +3,8 @@
 
 For every tuner a fresh subprocess builds the model of CONFIG with
 ``model.tuner`` replaced by that tuner's config, takes one batch (from the
-config's ``train_dataloader``, or ``model.synthetic_batch(batch_size)``),
+config's ``train_dataloader``, or a synthetic batch of the model type's
+real shapes from :func:`sherl_mm.benchmark.synthetic_batch`),
 and measures
 
 * trainable parameters (M and % of all parameters);
@@ -32,7 +33,7 @@ Config hooks (all optional)::
     # per-tuner overrides: a short name -> a complete TUNERS config (it
     # replaces the built-in default; new short names are allowed)
     benchmark_tuners = dict(lora=dict(type='LoRA', rank=4), sherl_r4=dict(type='SHERL', ...))
-    # 'synthetic': take the batch from model.synthetic_batch(batch_size)
+    # 'synthetic': take the batch from sherl_mm.benchmark.synthetic_batch(model, batch_size)
     benchmark = dict(batch='dataloader', accuracy=dict(full=86.5, sherl=83.0),
                      accuracy_label='RefCOCO val Acc@0.5')
 
@@ -162,7 +163,7 @@ def _first_batch(cfg, batch_size: int | None, seed: int):
     from mmengine.runner import Runner
     if 'train_dataloader' not in cfg or cfg.train_dataloader is None:
         raise RuntimeError('the config has no train_dataloader; set benchmark=dict(batch="synthetic") '
-                           'and give the model a synthetic_batch(batch_size) method')
+                           'for a model type with a synthetic batch (sherl_mm.benchmark)')
     dl_cfg = copy.deepcopy(cfg.train_dataloader)
     if batch_size is not None:
         # A batch_sampler config (mmdet's AspectRatioBatchSampler) takes the
@@ -184,10 +185,12 @@ def _build_optim_wrapper(model, cfg, device, notes: list[str]):
         optim_cfg = dict(type='OptimWrapper', optimizer=dict(type='AdamW', lr=1e-4))
         notes.append('no optim_wrapper in the config: AdamW(lr=1e-4)')
     if device.type != 'cuda' and optim_cfg.get('type') == 'AmpOptimWrapper':
-        optim_cfg['type'] = 'OptimWrapper'
-        for key in ('loss_scale', 'dtype', 'use_fsdp'):
+        # as tools/train.py trains it on a machine without CUDA
+        optim_cfg['type'] = 'CpuBf16OptimWrapper'
+        for key in ('loss_scale', 'use_fsdp'):
             optim_cfg.pop(key, None)
-        notes.append('AmpOptimWrapper needs CUDA: measured with OptimWrapper (fp32) on the CPU')
+        notes.append('AmpOptimWrapper needs CUDA: measured with CpuBf16OptimWrapper (bf16 autocast) on the CPU, '
+                     'as tools/train.py trains with it')
     return build_optim_wrapper(model, optim_cfg)
 
 
@@ -215,6 +218,7 @@ def run_worker(job: dict) -> dict:
     from mmengine.registry import init_default_scope
 
     from sherl_mm.utils.memory import PeakMemoryMeter, SavedTensorCounter, to_gib, to_mib, trim_host_memory
+    from sherl_mm.utils.modules import count_parameters
 
     row = dict(name=job['name'], tuner=job['tuner'], status='ok', errors={}, notes=[])
     notes = row['notes']
@@ -240,17 +244,14 @@ def run_worker(job: dict) -> dict:
         model.init_weights()
     model.to(device)
     if synthetic:
-        if not hasattr(model, 'synthetic_batch'):
-            raise RuntimeError(f'{type(model).__name__} has no synthetic_batch(batch_size) method; '
-                               f'use the config\'s train_dataloader instead')
-        batch = model.synthetic_batch(job.get('batch_size') or 2)
-        notes.append('synthetic batch from model.synthetic_batch()')
+        from sherl_mm.benchmark import synthetic_batch
+        batch = synthetic_batch(model, job.get('batch_size') or 2, seed=job['seed'])
+        notes.append(f'synthetic batch of {type(model).__name__} (sherl_mm.benchmark)')
     optim_wrapper = _build_optim_wrapper(model, cfg, device, notes)
 
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    row.update(model=type(model).__name__, params_total=total, params_trainable=trainable,
-               params_trainable_m=trainable / 1e6, params_trainable_pct=100.0 * trainable / total if total else 0.0)
+    params = count_parameters(model)
+    row.update(model=type(model).__name__, params_total=params.total, params_trainable=params.trainable,
+               params_trainable_m=params.trainable / 1e6, params_trainable_pct=params.share)
     warmup, iters = job['warmup'], job['iters']
 
     def record_error(key, exc):
@@ -258,38 +259,30 @@ def run_worker(job: dict) -> dict:
         row['status'] = 'partial'
         traceback.print_exc()
 
-    # -- inference (first: no gradients or optimiser state exist yet) --------
+    def measure_phase(phase: str, error_key: str, step, training: bool) -> None:
+        """Peak memory and step times of ``warmup + iters`` calls of ``step``."""
+        model.train(training)
+        trim_host_memory()
+        try:
+            meter = PeakMemoryMeter(device)
+            with meter:
+                times = _time_steps(step, batch, device, warmup, iters)
+            _store_mem(row, phase, meter.reading, device, to_gib)
+            row[f'{phase}_step_ms'] = _median_ms(times)
+            row[f'{phase}_step_ms_all'] = [t * 1000.0 for t in times]
+        except Exception as exc:  # noqa: BLE001 - report and go on with the other figures
+            record_error(error_key, exc)
+
     def infer_step(data):
         with torch.no_grad():
             model.val_step(data)
 
-    model.eval()
-    trim_host_memory()
-    try:
-        meter = PeakMemoryMeter(device)
-        with meter:
-            times = _time_steps(infer_step, batch, device, warmup, iters)
-        _store_mem(row, 'infer', meter.reading, device, to_gib)
-        row['infer_step_ms'] = _median_ms(times)
-        row['infer_step_ms_all'] = [t * 1000.0 for t in times]
-    except Exception as exc:  # noqa: BLE001 - report and go on with the other figures
-        record_error('inference', exc)
-
-    # -- training ------------------------------------------------------------
     def train_step(data):
         model.train_step(data, optim_wrapper)
 
-    model.train()
-    trim_host_memory()
-    try:
-        meter = PeakMemoryMeter(device)
-        with meter:
-            times = _time_steps(train_step, batch, device, warmup, iters)
-        _store_mem(row, 'train', meter.reading, device, to_gib)
-        row['train_step_ms'] = _median_ms(times)
-        row['train_step_ms_all'] = [t * 1000.0 for t in times]
-    except Exception as exc:  # noqa: BLE001
-        record_error('train', exc)
+    # inference first: no gradients or optimiser state exist yet
+    measure_phase('infer', 'inference', infer_step, training=False)
+    measure_phase('train', 'train', train_step, training=True)
 
     # -- bytes saved for backward by one training forward --------------------
     try:
@@ -469,7 +462,8 @@ def parse_args(argv=None):
     parser.add_argument('--out', default=None, help='output folder (default work_dirs/benchmark_tuners/<config>)')
     parser.add_argument('--accuracy-json', default=None,
                         help='JSON {short name: accuracy, "_label": axis label} for the memory-vs-accuracy plot')
-    parser.add_argument('--synthetic', action='store_true', help='use model.synthetic_batch(batch_size)')
+    parser.add_argument('--synthetic', action='store_true',
+                        help="use the model type's synthetic batch (sherl_mm.benchmark) instead of the dataloader")
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--threads', type=int, default=None, help='torch.set_num_threads in the workers')
     parser.add_argument('--timeout', type=float, default=None, help='seconds per tuner subprocess')

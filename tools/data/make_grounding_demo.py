@@ -27,7 +27,7 @@ import sys
 
 sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), '..', '..'))
 
-from sherl_mm.datasets.demo_grounding import DEMO_VARIANTS, VARIANTS, build_grounding_demo  # noqa: E402
+from sherl_mm.demo.grounding import DEMO_VARIANTS, VARIANTS, build_grounding_demo  # noqa: E402
 
 
 def main(argv=None) -> None:

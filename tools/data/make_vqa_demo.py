@@ -15,7 +15,7 @@ import sys
 
 sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), '..', '..'))
 
-from sherl_mm.datasets.demo_retrieval_vqa import build_vqa_demo  # noqa: E402
+from sherl_mm.demo.vqa import build_vqa_demo  # noqa: E402
 
 
 def main(argv=None) -> None:

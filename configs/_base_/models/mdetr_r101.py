@@ -1,4 +1,4 @@
-# MDETR-like grounding model at the paper's sizes (METHOD.md §2.1, MDETR main.py defaults):
+# MDETR-like grounding model at the paper's sizes (docs/grounding.md; MDETR's defaults):
 # ResNet-101 (frozen BN) + 1x1 input projection; RoBERTa-base + resizer 768 -> 256; image and text
 # tokens concatenated into a 6-layer post-norm DETR encoder (D = 256, 8 heads, FFN 2048, dropout 0.1);
 # a 6-layer decoder over 100 learned queries; soft-token (256 positions, the last = no object), box

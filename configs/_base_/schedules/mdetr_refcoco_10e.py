@@ -1,4 +1,4 @@
-# SHERL's RefCOCO schedule (METHOD.md §5.1; paper Table 7): AdamW (0.9, 0.999), lr 5e-4 for the tuner's
+# SHERL's RefCOCO schedule (paper Table 7 and the authors' code; docs/grounding.md): AdamW (0.9, 0.999), lr 5e-4 for the tuner's
 # modules and 5e-5 (x0.1) for the heads, weight decay 0, gradient clip 0.1, 10 epochs with lr x0.1 after
 # epoch 5 and no warm-up, batch 4 per GPU (2 GPUs in the paper: bash tools/dist_train.sh CONFIG 2),
 # and an EMA of the weights (decay 0.9998, every step) that is what validation, testing and the saved

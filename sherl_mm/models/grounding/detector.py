@@ -12,14 +12,14 @@ Pipeline (MDETR ``models/mdetr.py`` + ``models/transformer.py``, batch-first)::
 
 The four stacks (``image``, ``text``, ``encoder``, ``decoder``) go through
 :func:`sherl_mm.tuners.build_tuned_stacks` with the ``tuner=`` config
-(targets ``encoder`` and ``decoder`` by default). With SHERL (METHOD.md
-§2.1) the encoder's tuned output (its MTSA output) is the memory of the late
+(targets ``encoder`` and ``decoder`` by default). With SHERL (placement:
+``docs/method.md``) the encoder's tuned output (its MTSA output) is the memory of the late
 decoder layer only (``late_context``), the early decoder layers attend to the
 frozen encoder output (``StackOutput.frozen``), the contrastive-align head
 reads the frozen encoder's text tokens, and the single auxiliary output is the
 decoder's MTSA output (``StackOutput.side``). A decoder tuner that makes its
 own auxiliary head inputs returns them as ``StackOutput.aux``; UniPT's MDETR
-form (METHOD.md §3.2) does so (three up-projected side states), and its decoder
+form (``docs/method.md``) does so (three up-projected side states), and its decoder
 side reads the encoder side memory from the same ``late_context['memory']``.
 On plain routes the auxiliary outputs are the decoder-norm'd intermediate layer
 outputs, as in MDETR.
@@ -43,11 +43,12 @@ from torch import Tensor, nn
 from sherl_mm.backbones.base import StackOutput
 from sherl_mm.registry import BACKBONES, MODELS, TUNERS
 from sherl_mm.tuners.sherl import SHERL
+from sherl_mm.utils.modules import eval_mode
 
 from .head import MDETRHead
 from .positive_map import create_positive_map, span_token_mask, tokenize
 
-#: SHERL as in the authors' MDETR code (METHOD.md §2.1).
+#: SHERL as in the authors' MDETR code (``docs/method.md``, placements per task: MDETR).
 DEFAULT_TUNER = dict(
     type='SHERL',
     per_stack=dict(encoder=dict(select_layers=[0, 1, 3, 5], num_late_layers=0),
@@ -92,16 +93,10 @@ def _image_channels(stack: nn.Module) -> int:
     width = getattr(stack, 'output_width', None)
     if isinstance(width, int):
         return width
-    was_training = stack.training
-    stack.eval()
-    try:
-        param = next(stack.parameters(), None)
-        probe = torch.zeros(1, 3, 64, 64, device=param.device if param is not None else 'cpu')
-        with torch.no_grad():
-            channels = _last_map(stack(probe).hidden).shape[1]
-    finally:
-        stack.train(was_training)
-    return int(channels)
+    param = next(stack.parameters(), None)
+    probe = torch.zeros(1, 3, 64, 64, device=param.device if param is not None else 'cpu')
+    with eval_mode(stack), torch.no_grad():
+        return int(_last_map(stack(probe).hidden).shape[1])
 
 
 class _Holder(nn.Module):
@@ -360,29 +355,6 @@ class MDETRGrounding(BaseDetector):
         result = self.forward_transformer(batch_inputs, batch_data_samples)
         targets = self.build_targets(batch_data_samples, result['tokenized'])
         return self.head.loss(result['outputs'], targets)
-
-    def synthetic_batch(self, batch_size: int, image_size: tuple[int, int] = (800, 1066), seed: int = 0) -> dict:
-        """A data batch as the dataloader gives it (before the data
-        preprocessor): random ``(3, H, W)`` uint8 images of ``image_size``
-        (RefCOCO at MDETR's test scale by default), one referring expression
-        and box each. For benchmarks of models without their data
-        (``benchmark=dict(batch='synthetic')``)."""
-        g = torch.Generator().manual_seed(seed)
-        height, width = image_size
-        caption = 'the man in the red shirt on the left'
-        inputs, samples = [], []
-        for _ in range(batch_size):
-            inputs.append(torch.randint(0, 256, (3, height, width), generator=g, dtype=torch.uint8))
-            x1 = float(torch.randint(0, width // 2, (1,), generator=g))
-            y1 = float(torch.randint(0, height // 2, (1,), generator=g))
-            box = [x1, y1, x1 + width / 3, y1 + height / 3]
-            sample = DetDataSample(metainfo=dict(
-                img_shape=(height, width), ori_shape=(height, width), pad_shape=(height, width),
-                scale_factor=(1.0, 1.0), text=caption, tokens_positive=[[[4, 7]]], ref_bbox=box,
-                dataset_name='synthetic', split='val'))
-            sample.gt_instances = InstanceData(bboxes=torch.tensor([box]), labels=torch.zeros(1, dtype=torch.long))
-            samples.append(sample)
-        return dict(inputs=inputs, data_samples=samples)
 
     # ------------------------------------------------------------------ inference
     def predict(self, batch_inputs: Tensor, batch_data_samples: Sequence[DetDataSample],

@@ -1,5 +1,5 @@
 """VSE∞-style dual encoder for image-text retrieval (Chen et al., CVPR 2021),
-as SHERL applies it (METHOD.md §2.2).
+as SHERL applies it (``docs/method.md``, placements per task: VSE∞).
 
 Image side::
 
@@ -16,7 +16,7 @@ in the warm-up epoch, then on the hardest negatives (max violation) with a
 linear ramp over the first max-violation epoch (:mod:`.losses`).
 
 Trainable besides the tuner's modules: ``image_fc``, ``text_fc`` and the two
-GPOs (SHERL trains them too, METHOD.md D14). Training-time "size
+GPOs (the authors' SHERL trains them too). Training-time "size
 augmentation" of VSE∞ is kept: each image drops a random share of its grid
 tokens (``img_token_drop``, 0.2 in VSE∞; 0 disables it).
 """
@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from sherl_mm.backbones.base import map_to_tokens
 from sherl_mm.registry import BACKBONES, MODELS
 from sherl_mm.tuners import build_tuned_stacks
+from sherl_mm.utils.modules import eval_mode
 
 from .base import DualEncoderRetrieval
 from .losses import HingeTripletLoss, MaxViolationSchedule
@@ -48,26 +49,18 @@ def _stack(cfg):
 @torch.no_grad()
 def _probe_width(stack, image_size: int = 64) -> int:
     """Channels of a (tuned) image stack's output, from a dry run on a small image."""
-    was_training = stack.training
-    stack.eval()
     device = next(stack.parameters()).device
-    try:
+    with eval_mode(stack):
         out = stack(torch.zeros(1, 3, image_size, image_size, device=device)).hidden
-    finally:
-        stack.train(was_training)
     return int(out.shape[1] if out.dim() == 4 else out.shape[-1])
 
 
 @torch.no_grad()
 def _probe_text_width(tuned) -> int:
     """Width of a (tuned) text stack's token output, from a dry run on one word."""
-    was_training = tuned.training
-    tuned.eval()
-    try:
+    with eval_mode(tuned):
         ids, mask = tuned.stack.encode_texts(['a'], device=next(tuned.parameters()).device)
         return int(tuned(ids, mask).hidden.shape[-1])
-    finally:
-        tuned.train(was_training)
 
 
 @MODELS.register_module()

