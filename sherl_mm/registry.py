@@ -21,7 +21,7 @@ def _child(name: str, parent: Registry, locations: list[str]) -> Registry:
 RUNNERS = _child('runner', mmdet_registry.RUNNERS, ['sherl_mm.engine'])
 RUNNER_CONSTRUCTORS = _child('runner constructor', mmdet_registry.RUNNER_CONSTRUCTORS, ['sherl_mm.engine'])
 LOOPS = _child('loop', mmdet_registry.LOOPS, ['sherl_mm.engine'])
-HOOKS = _child('hook', mmdet_registry.HOOKS, ['sherl_mm.hooks'])
+HOOKS = _child('hook', mmdet_registry.HOOKS, ['sherl_mm.hooks', 'sherl_mm.engine.hooks'])
 LOG_PROCESSORS = _child('log_processor', mmdet_registry.LOG_PROCESSORS, ['sherl_mm.engine'])
 OPTIMIZERS = _child('optimizer', mmdet_registry.OPTIMIZERS, ['sherl_mm.engine'])
 OPTIM_WRAPPERS = _child('optim_wrapper', mmdet_registry.OPTIM_WRAPPERS, ['sherl_mm.engine'])

@@ -6,7 +6,7 @@ from mmengine.model import is_model_wrapper
 from torch import nn
 
 from sherl_mm.registry import HOOKS
-from sherl_mm.tuners.base import parameter_report
+from sherl_mm.tuners import parameter_report
 
 
 def _count(params) -> tuple[int, int]:

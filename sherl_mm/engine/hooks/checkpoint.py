@@ -9,7 +9,7 @@ from mmengine.hooks import CheckpointHook
 
 from sherl_mm.registry import HOOKS
 
-from .checkpoint import atomic_write_text
+from ..checkpoint import atomic_write_text
 
 __all__ = ['AtomicCheckpointHook', 'get_rng_state', 'set_rng_state']
 
