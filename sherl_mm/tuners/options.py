@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import copy
 import difflib
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable, ClassVar, Mapping, Self
 
 from .injection import targets_problem
@@ -37,24 +37,24 @@ class OptionError(ValueError):
     rest of the message and ``owner`` the tuner whose options they are.
     """
 
-    def __init__(self, path: str, problem: str, owner: str = '') -> None:
+    def __init__(self, path: str, problem: str = '', owner: str = '') -> None:
         self.path, self.problem, self.owner = path, problem, owner
         super().__init__(f'{owner}: {path}{problem}' if owner else f'{path}{problem}')
 
     def nested(self, parent: str) -> OptionError:
         """The same error for an option inside option ``parent``."""
-        return OptionError(f'{parent}.{self.path}', self.problem, self.owner)
+        return OptionError(f'{parent}.{self.path}' if self.path else parent, self.problem, self.owner)
 
     def owned_by(self, owner: str) -> OptionError:
         return OptionError(self.path, self.problem, owner)
 
 
-def option(default: Any = MISSING, check: Check | None = None, *, parse: Callable[[Any], Any] | None = None,
-           default_factory: Any = MISSING) -> Any:
-    """A dataclass field of a :class:`TunerOptions`: ``check`` validates a
-    value other than None; ``parse`` turns a config value into the field's
-    type (a nested options dataclass) before the checks."""
-    return field(default=default, default_factory=default_factory, metadata=dict(check=check, parse=parse))
+def option(default: Any, check: Check | None = None, *, parse: Callable[[Any], Any] | None = None) -> Any:
+    """A dataclass field of a :class:`TunerOptions` with its ``default``:
+    ``check`` validates its value (None passes where None is the default:
+    'unset'); ``parse`` turns a config value into the field's type (a nested
+    options dataclass) before the check."""
+    return field(default=default, metadata=dict(check=check, parse=parse))
 
 
 # ------------------------------------------------------------------ checks
