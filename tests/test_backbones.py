@@ -60,9 +60,9 @@ def test_init_weights_keeps_weights(name):
 
 
 def test_registry_and_tuner_wrap():
-    from sherl_mm.tuners import BaseTuner
+    from sherl_mm.tuners import FrozenStack
     stack = BACKBONES.build(dict(type='HFEncoderStack', config=BERT_CONFIG)).eval()
-    tuner = BaseTuner(stack)
+    tuner = FrozenStack(stack)
     assert not any(p.requires_grad for p in tuner.parameters())
     ids, mask = _bert_inputs()
     assert torch.equal(tuner(ids, mask).hidden, stack.model(input_ids=ids, attention_mask=mask).last_hidden_state)

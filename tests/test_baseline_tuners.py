@@ -1,23 +1,20 @@
 """PETL baseline tuners: FullFineTune, LinearProbe, LoRA, Adapter, BitFit, PromptTuning."""
 import copy
-import os
-import sys
 
 import pytest
 import torch
 from torch import nn
 
-sys.path.insert(0, os.path.dirname(__file__))
-from _simple_stack import SimpleConvStack, SimpleTokenStack  # noqa: E402
+from _toy_stacks import ToyCNNStack, ToyTokenStack
 
-from sherl_mm.registry import TUNERS  # noqa: E402
-from sherl_mm.tuners import (Adapter, BitFit, FullFineTune, LinearProbe, LoRA, PromptTuning,  # noqa: E402
+from sherl_mm.registry import TUNERS
+from sherl_mm.tuners import (Adapter, BitFit, FullFineTune, LinearProbe, LoRA, PromptTuning,
                              build_tuned_stacks, inject_adapters, inject_lora, load_trainable, parameter_report,
-                             prepend_tokens, save_trainable, trainable_parameters)
-from sherl_mm.tuners.prompt import extend_attention_mask  # noqa: E402
+                             prepend_tokens, remove_adapters, save_trainable, trainable_parameters)
+from sherl_mm.tuners.prompt import extend_attention_mask
 
 ATOL = 1e-5
-# hand counts for SimpleTokenStack(vocab=50, dim=16, heads=2, ffn=32, num_layers=3, max_len=32)
+# hand counts for ToyTokenStack(vocab=50, dim=16, heads=2, ffn=32, num_layers=3, max_len=32)
 D, FFN, L = 16, 32, 3
 LAYER_PARAMS = (3 * D * D + 3 * D) + (D * D + D) + (D * FFN + FFN) + (FFN * D + D) + 2 * (2 * D)
 STACK_PARAMS = 50 * D + 32 * D + L * LAYER_PARAMS + 2 * D
@@ -25,12 +22,12 @@ STACK_PARAMS = 50 * D + 32 * D + L * LAYER_PARAMS + 2 * D
 
 def token_stack(seed=0, **kw):
     torch.manual_seed(seed)
-    return SimpleTokenStack(**kw).eval()
+    return ToyTokenStack(**{'num_layers': L, **kw}).eval()
 
 
 def conv_stack(seed=0):
     torch.manual_seed(seed)
-    return SimpleConvStack().eval()
+    return ToyCNNStack(channels=(8, 16), strides=(2, 2), stem_norm=False).eval()
 
 
 def token_batch():
@@ -393,6 +390,18 @@ def test_adapter_inject_function_on_one_layer():
     torch.testing.assert_close(stack(ids, pad).hidden, frozen_output(token_stack(), ids, pad), atol=ATOL, rtol=0)
 
 
+def test_remove_adapters_gives_back_the_frozen_stack():
+    stack = token_stack().requires_grad_(False)
+    inject_adapters(stack, ['linear2'], dim=3)
+    randomize_trainable(stack)                   # the adapters now change the output
+    ids, pad = token_batch()
+    frozen = frozen_output(token_stack(), ids, pad)
+    assert not torch.allclose(stack(ids, pad).hidden, frozen, atol=1e-3)
+    remove_adapters(stack)
+    assert not any(hasattr(m, 'adapter') for m in stack.modules()) and n_trainable(stack) == 0
+    torch.testing.assert_close(stack(ids, pad).hidden, frozen, atol=ATOL, rtol=0)
+
+
 def test_build_tuned_stacks_with_baselines():
     stacks = dict(text=token_stack(), image=conv_stack())
     tuned = build_tuned_stacks(stacks, dict(type='LoRA', rank=2), default_targets=('text',))
@@ -429,6 +438,35 @@ def test_errors_name_the_option():
     inject_lora(stack, ['linear1'])
     with pytest.raises(ValueError, match='already has LoRA'):
         inject_lora(stack, ['linear1'])
+
+
+@pytest.mark.parametrize('cfg, match', [
+    (dict(type='LoRA', rank=0), r'LoRA: rank=0: must be an integer >= 1'),
+    (dict(type='LoRA', rank=2.5), r'LoRA: rank=2\.5: must be an integer >= 1'),
+    (dict(type='LoRA', rnak=2), r"LoRA: rnak: unknown option; did you mean 'rank'\?"),
+    (dict(type='LoRA', dropout=1.0), r'LoRA: dropout=1\.0: must be a number >= 0 and < 1'),
+    (dict(type='LoRA', mha_parts=['q', 'x']), r"LoRA: mha_parts=\['q', 'x'\]: must be a non-empty list of"),
+    (dict(type='LoRA', target_modules=[]), r'LoRA: target_modules=\[\]: must be a regex string'),
+    (dict(type='Adapter', reduction=0), r'Adapter: reduction=0: must be a number > 0'),
+    (dict(type='Adapter', reduction=100), r'Adapter: reduction=100 leaves 16 // 100 = 0 channels'),
+    (dict(type='Adapter', activation='swish'), r"Adapter: activation='swish': must be one of"),
+    (dict(type='PromptTuning', num_tokens=0), r'PromptTuning: num_tokens=0: must be an integer >= 1'),
+    (dict(type='BitFit', include_norm_bias='yes'), r"BitFit: include_norm_bias='yes': must be True or False"),
+    (dict(type='FullFineTune', frozen_module=['x']), r"FullFineTune: frozen_module: unknown option; did you mean "
+                                                     r"'frozen_modules'\?"),
+    (dict(type='LinearProbe', stack_eval=False), r'FrozenStack: stack_eval: unknown option.*\[\'no_grad\'\]'),
+])
+def test_bad_option_values_and_names(cfg, match):
+    with pytest.raises(ValueError, match=match):
+        TUNERS.build(cfg, default_args=dict(stack=token_stack()))
+
+
+def test_options_are_validated_once_and_kept():
+    tuner = TUNERS.build(dict(type='Adapter', reduction=4, placement='parallel'), default_args=dict(stack=token_stack()))
+    assert tuner.tuner_cfg == dict(type='Adapter', norm_eval=True, dim=None, reduction=4, placement='parallel',
+                                   scale=1.0, activation='relu', dropout=0.0, target_modules=None, layers=None)
+    rebuilt = TUNERS.build(tuner.tuner_cfg, default_args=dict(stack=token_stack()))
+    assert rebuilt.options == tuner.options
 
 
 # ---------------------------------------------------------------- Hugging Face BERT

@@ -1,22 +1,22 @@
-"""SHERL's early-route feature cache: same training result with and without
-it, no early layer runs once cached, stale / foreign / interrupted caches are
-refused or rebuilt, the runner hook."""
+"""The feature cache (sherl_mm.feature_cache): SHERL's early route and frozen
+stacks give the same training result with and without it, no cached layer runs
+once cached, stale / foreign / interrupted caches are refused or rebuilt, only
+the weights the cached route reads are fingerprinted, the runner hook."""
 import json
 import os
-import sys
 from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import nn
 
-sys.path.insert(0, os.path.dirname(__file__))
-from _toy_stacks import ToyDecoderStack, ToyTokenStack, decoder_batch  # noqa: E402
+from _toy_stacks import ToyDecoderStack, ToyTokenStack, decoder_batch
 
-from sherl_mm.datasets import GROUNDING_META_KEYS  # noqa: E402
-from sherl_mm.hooks import batch_sample_keys  # noqa: E402
-from sherl_mm.tuners import SHERL, BaseTuner, LoRA  # noqa: E402
-from sherl_mm.tuners.feature_cache import MANIFEST  # noqa: E402
+from sherl_mm.datasets import GROUNDING_META_KEYS
+from sherl_mm.engine.hooks import FrozenFeatureCacheHook
+from sherl_mm.feature_cache import MANIFEST, FeatureCacheMixin, batch_sample_keys, cacheable_modules
+from sherl_mm.registry import HOOKS, TUNERS
+from sherl_mm.tuners import SHERL, FrozenStack, LoRA, build_tuned_stacks
 
 N, LENGTH, BATCH = 10, 6, 4
 
@@ -30,11 +30,15 @@ def dataset():
     return ids, pad, torch.randint(0, 3, (N,), generator=g)
 
 
-def build(cache_dir=None, stack_seed=0, pipeline='toy-v1', **cache_kw):
+def build(cache_dir=None, stack_seed=0, pipeline='toy-v1', change=None, **cache_kw):
+    """SHERL on a 4-layer stack (late layer: 3); ``change(tuner)`` edits it
+    before its cache is opened."""
     torch.manual_seed(stack_seed)
     stack = ToyTokenStack(num_layers=4)
     torch.manual_seed(1)                     # MTSA and head start alike whatever the stack seed
     tuner = SHERL(stack, select_layers=['input', 0, 1])
+    if change is not None:
+        change(tuner)
     if cache_dir is not None:
         tuner.enable_feature_cache(str(cache_dir), pipeline, **cache_kw)
     return tuner, nn.Linear(16, 3)
@@ -121,7 +125,8 @@ def fill(tuner, keys=(0, 1)):
 
 def test_foreign_cache_is_refused_and_rebuilt(tmp_path):
     fill(build(tmp_path)[0])
-    with pytest.raises(RuntimeError, match=r'(?s)built for another model.*frozen early-route weights.*embed_tokens'):
+    with pytest.raises(RuntimeError, match=r'(?s)built for another model.*frozen weights the cached route reads.*'
+                                           r'embed_tokens'):
         build(tmp_path, stack_seed=7)
     with pytest.raises(RuntimeError, match=r"pipeline fingerprint: cache 'toy-v1', now 'toy-v2'"):
         build(tmp_path, pipeline='toy-v2')
@@ -137,12 +142,25 @@ def test_foreign_cache_is_refused_and_rebuilt(tmp_path):
     assert (tmp_path / 'notes.txt').read_text() == 'the user keeps this'   # rebuilding removes only cache files
 
 
-def test_late_layer_weights_are_not_fingerprinted(tmp_path):
+def shift_weight(layer):
+    """A change of one frozen weight of ``stack.layers[layer]``."""
+    def change(tuner):
+        with torch.no_grad():
+            tuner.stack.layers[layer].linear1.weight.add_(1.0)
+    return change
+
+
+def test_only_the_early_route_weights_are_fingerprinted(tmp_path):
     fill(build(tmp_path)[0])
-    tuner, _ = build(tmp_path)
-    with torch.no_grad():
-        tuner.stack.layers[-1].linear1.weight.add_(1.0)      # a late layer: the cached route does not read it
-    fill(tuner, keys=[0, 1])
+    # a late layer changed before the cache is opened: the cached route does not read it, so the cache stays valid
+    late, _ = build(tmp_path, change=shift_weight(-1))
+    calls = count_early_calls(late)
+    fill(late, keys=[0, 1])
+    assert not calls                                         # served from the cache
+    # an early layer changed: what the cache holds is stale, and it is refused naming the tensor
+    with pytest.raises(RuntimeError, match=r'(?s)built for another model.*frozen weights the cached route reads: '
+                                           r'1 tensor\(s\) with other values \(e\.g\. \[.layers\.0\.linear1\.weight.\]'):
+        build(tmp_path, change=shift_weight(0))
 
 
 def test_interrupted_builds_are_detected(tmp_path):
@@ -170,18 +188,19 @@ def test_uncachable_calls_raise(tmp_path):
         build()[0](ids[:2], pad[:2], sample_keys=[0, 1])
     with pytest.raises(ValueError, match='non-empty pipeline string'):
         build(tmp_path, pipeline='')
-    with pytest.raises(ValueError, match='cache_route is None'):
-        LoRA(ToyTokenStack(num_layers=2)).enable_feature_cache(str(tmp_path / 'lora'), 'toy')
+    model = nn.ModuleDict(dict(text=LoRA(ToyTokenStack(num_layers=2)), image=SHERL(ToyTokenStack(num_layers=2))))
+    with pytest.raises(ValueError, match=r"'text' is not a cacheable stack of the model; cacheable: \['image'\]"):
+        cacheable_modules(model, ['text'])
     tuner.stack.embed = lambda i, p: (tuner.stack.embed_tokens(i), {'key_padding_mask': p, 'spans': [(0, 1)]})
     with pytest.raises(TypeError, match="context entry 'spans' is a list, which cannot be cached"):
         tuner(ids[:2], pad[:2], sample_keys=[0, 1])
 
 
 def test_frozen_stack_output_is_cached(tmp_path):
-    """A frozen stack (BaseTuner, e.g. a model's image backbone) caches its
+    """A frozen stack (FrozenStack, e.g. a model's image backbone) caches its
     whole output; the stack is not run for a cached batch."""
     torch.manual_seed(0)
-    frozen = BaseTuner(ToyTokenStack(num_layers=3)).eval()
+    frozen = FrozenStack(ToyTokenStack(num_layers=3)).eval()
     ids, pad, _ = dataset()
     with torch.no_grad():        # what the cache computes: eval mode, no graph
         expect = frozen(ids[:4], pad[:4]).hidden
@@ -194,6 +213,45 @@ def test_frozen_stack_output_is_cached(tmp_path):
     assert frozen(ids[:4], pad[:4]).hidden.requires_grad is False    # without keys: the plain route, as before
 
 
+def test_linear_probe_and_untargeted_stacks_are_the_cacheable_frozen_stack():
+    probe = TUNERS.build(dict(type='LinearProbe'), default_args=dict(stack=ToyTokenStack(num_layers=2)))
+    tuned = build_tuned_stacks(dict(text=ToyTokenStack(num_layers=2), image=ToyTokenStack(num_layers=2)),
+                               dict(type='LoRA', rank=2), default_targets=('text',))
+    assert type(probe) is type(tuned['image']) is FrozenStack
+    assert isinstance(probe, FeatureCacheMixin) and not isinstance(tuned['text'], FeatureCacheMixin)
+    assert sorted(cacheable_modules(tuned)) == ['image']
+
+
+def train_frozen_stack(cache_dir=None, epochs=3):
+    """A head trained on a frozen stack WITH dropout (p = 0.5), with or without
+    the cache; returns the head's weights."""
+    torch.manual_seed(0)
+    probe = FrozenStack(ToyTokenStack(num_layers=2, dropout=0.5))
+    head = nn.Linear(16, 3)
+    if cache_dir is not None:
+        probe.enable_feature_cache(str(cache_dir), 'toy')
+    ids, pad, labels = dataset()
+    opt = torch.optim.Adam(head.parameters(), lr=1e-2)
+    probe.train()
+    for epoch in range(epochs):
+        for start in range(0, N, BATCH):
+            idx = torch.arange(start, min(start + BATCH, N))
+            out = probe(ids[idx], pad[idx], sample_keys=idx.tolist() if cache_dir is not None else None)
+            loss = nn.functional.cross_entropy(head(out.hidden.mean(1)), labels[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return head.state_dict()
+
+
+def test_frozen_stack_with_dropout_trains_the_same_with_and_without_cache(tmp_path):
+    """Frozen means eval mode in training too: the stack's dropout is off
+    whether its output is cached or computed, so both runs agree exactly."""
+    plain, cached = train_frozen_stack(), train_frozen_stack(tmp_path)
+    for name, value in plain.items():
+        assert torch.equal(cached[name], value), name
+
+
 def test_batch_sample_keys():
     samples = [SimpleNamespace(metainfo=dict(sample_idx=i)) for i in (4, 5)]
     assert batch_sample_keys(dict(inputs=None, data_samples=samples), 'sample_idx') == [4, 5]
@@ -202,14 +260,15 @@ def test_batch_sample_keys():
         batch_sample_keys(dict(data_samples=samples), 'img_id')
 
 
-# ------------------------------------------------------------------ through the Runner (EarlyRouteCacheHook)
+# ------------------------------------------------------------------ through the Runner (FrozenFeatureCacheHook)
 from test_grounding_tools import REPO, data_options, tiny_model_options, tiny_refcoco  # noqa: E402,F401
 
 
-def cached_run(root, work_dir, cache: bool, epochs: int = 3, pipeline=None, **hook):
+def cached_run(root, work_dir, cache: bool, epochs: int = 3, pipeline=None, hook_type='FrozenFeatureCacheHook',
+               **hook):
     """configs/sherl_mdetr_refcoco.py at tiny size without dropout, trained by
     tools/train.py on a deterministic (fixed-size) pipeline, with or without
-    EarlyRouteCacheHook; returns the runner."""
+    the feature cache hook (``hook_type``); returns the runner."""
     from mmengine.config import Config
 
     from _tools import load_tool
@@ -226,7 +285,7 @@ def cached_run(root, work_dir, cache: bool, epochs: int = 3, pipeline=None, **ho
     options['train_dataloader']['dataset']['pipeline'] = pipeline or fixed
     options.update({'model': dict(_delete_=True, **cfg.model.to_dict()), 'train_cfg.max_epochs': epochs,
                     'train_cfg.val_interval': epochs, 'randomness': dict(seed=0),
-                    'custom_hooks': [dict(type='EarlyRouteCacheHook', **hook)] if cache else []})
+                    'custom_hooks': [dict(type=hook_type, **hook)] if cache else []})
     args = load_tool('train.py').parse_args([cfg_path, '--work-dir', str(work_dir)])
     args.cfg_options = options
     return run_train(args)
@@ -248,11 +307,13 @@ def test_hook_trains_the_same_weights_as_without_cache(tiny_refcoco, tmp_path):
             assert sum(len(keys) for keys in json.load(f)['shards'].values()) == 8    # every training sample
 
 
-def test_hook_refuses_a_random_pipeline(tiny_refcoco, tmp_path):
+def test_hook_refuses_a_random_pipeline_also_under_its_former_name(tiny_refcoco, tmp_path):
     from mmengine.config import Config
+    assert HOOKS.get('EarlyRouteCacheHook') is HOOKS.get('FrozenFeatureCacheHook') is FrozenFeatureCacheHook
     demo = Config.fromfile(os.path.join(REPO, 'configs', '_base_', 'datasets', 'grounding_demo.py'))
     with pytest.raises(ValueError, match=r"train_dataloader\.dataset\.pipeline\[2\] is 'RandomChoiceResize'"):
-        cached_run(tiny_refcoco, tmp_path, cache=True, epochs=1, pipeline=demo.train_pipeline)
+        cached_run(tiny_refcoco, tmp_path, cache=True, epochs=1, pipeline=demo.train_pipeline,
+                   hook_type='EarlyRouteCacheHook')
 
 
 def test_hook_refuses_a_cache_of_another_pipeline_and_rebuilds_on_request(tiny_refcoco, tmp_path):

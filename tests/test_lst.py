@@ -1,20 +1,17 @@
-"""LST (METHOD.md section 4): T12 gate, route, side layers per stack type,
+"""LST (Sung et al., NeurIPS 2022): the ladder gate, route, side layers per stack type,
 side memory, drop_layers, gradient audit, options, save/load."""
 import copy
-import os
-import sys
 
 import pytest
 import torch
 from safetensors.torch import load_file
 from torch import nn
 
-sys.path.insert(0, os.path.dirname(__file__))
-from _toy_stacks import (ToyCNNStack, ToyDecoderStack, ToyTokenStack, decoder_batch, image_batch,  # noqa: E402
+from _toy_stacks import (ToyCNNStack, ToyDecoderStack, ToyTokenStack, decoder_batch, image_batch,
                          token_batch)
 
-from sherl_mm.registry import TUNERS  # noqa: E402
-from sherl_mm.tuners import LST, load_trainable, lst_gate, save_trainable  # noqa: E402
+from sherl_mm.registry import TUNERS
+from sherl_mm.tuners import LST, load_trainable, lst_gate, save_trainable
 
 
 def make(kind, seed=0, **kw):
@@ -26,7 +23,7 @@ def make(kind, seed=0, **kw):
     return ToyCNNStack(**kw), (image_batch(),)
 
 
-# ---------------------------------------------------------------------------- T12
+# ---------------------------------------------------------------------------- the ladder gate
 def test_t12_gate():
     assert lst_gate(torch.zeros(1), 0.1).item() == 0.5
     assert lst_gate(torch.tensor([10.0]), 0.1).item() == pytest.approx(1.0)
@@ -147,7 +144,7 @@ def test_mdetr_template_param_count():
     assert enc.side_layer == 'encoder' and dec.side_layer == 'decoder'
     n_enc = sum(p.numel() for p in enc.parameters() if p.requires_grad)
     n_dec = sum(p.numel() for p in dec.parameters() if p.requires_grad)
-    assert (n_enc, n_dec) == (192_230, 226_182)      # ~0.42M, METHOD.md 4.3 "about 0.40M"
+    assert (n_enc, n_dec) == (192_230, 226_182)      # ~0.42M trainable per stack
 
 
 @pytest.mark.parametrize('kind, cfg, err, match', [
@@ -155,7 +152,11 @@ def test_mdetr_template_param_count():
     ('tokens', dict(drop_layers=[4]), IndexError, 'drop_layers'),
     ('tokens', dict(side_layer='conv'), ValueError, 'does not fit'),
     ('cnn', dict(side_layer='encoder'), ValueError, 'does not fit'),
-    ('tokens', dict(side_layer='mlp'), ValueError, 'side_layer must be'),
+    ('tokens', dict(side_layer='mlp'), ValueError, r"LST: side_layer='mlp': must be one of"),
+    ('tokens', dict(reduction=0), ValueError, r'LST: reduction=0: must be a number > 0'),
+    ('tokens', dict(reduction=32), ValueError, r'LST: reduction=32 leaves 16 // 32 = 0 channels'),
+    ('tokens', dict(side_width=4, reduction=2), ValueError, 'not both'),
+    ('tokens', dict(dropuot=0.1), ValueError, r"LST: dropuot: unknown option; did you mean 'dropout'\?"),
     ('tokens', dict(side_width=6, num_heads=4), ValueError, 'divisible'),
 ])
 def test_bad_options(kind, cfg, err, match):
@@ -165,7 +166,7 @@ def test_bad_options(kind, cfg, err, match):
 
 
 def test_out_channels_must_match_the_output_stage():
-    from sherl_mm.tuners._common import check_output_width
+    from sherl_mm.tuners.layers import check_output_width
     stack, batch = make('tokens')
     # the stack's output stage (a LayerNorm over 16 channels) cannot take a 10-wide side output
     with pytest.raises(ValueError, match=r'LST: out_channels=10 differs .* width 16.*set finalize_output=False'):

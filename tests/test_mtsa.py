@@ -1,4 +1,5 @@
-"""MTSA (METHOD.md section 1) against the test vectors of section 6."""
+"""MTSA (SHERL Sec. 3.2, Eqs. (1)-(3)) against hand-computed vectors, a from-formula
+reference and the parameter counts of the authors' applications."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -37,7 +38,7 @@ def reference(m: MTSA, feats, x_last):
     return m.up(out) + torch.tanh(m.alpha / m.temperature) * x_last
 
 
-# ---------------------------------------------------------------------------- T14 parameter counts
+# ---------------------------------------------------------------------------- parameter counts
 def test_t14_mdetr_block_count():
     m = MTSA(256, 128, 4)                      # MDETR form is the default variant
     assert sum(p.numel() for p in m.parameters()) == 232_450
@@ -46,7 +47,7 @@ def test_t14_mdetr_block_count():
 
 
 def t5_sherl_count_from_spec(D: int, r: int, L: int) -> int:
-    """METHOD.md §1.2 (T5 row) and §2.5: trainable parameters of one T5 stack's SHERL,
+    """The T5 variant (docs/tuners.md) as the authors' T5 SHERL uses it: trainable parameters of one T5 stack's SHERL,
     counted from the spec, not from the modules."""
     d = D // r
     down = (D * d + d) + 2 * (d * d + d)      # Eq. 1 per set: fc1 (D→d), fc2 = W' and fc3 = W (d→d), all with bias
@@ -79,7 +80,7 @@ def test_t14_t5_base_count():
     assert len(enc.selections[0]) == 10 and len(dec.selections[0]) == 9
     assert dec.late_layers == [11]
     spec_enc, spec_dec = t5_sherl_count_from_spec(768, 8, 10), t5_sherl_count_from_spec(768, 8, 9)
-    assert spec_enc + spec_dec == 1_907_236                            # METHOD.md T14
+    assert spec_enc + spec_dec == 1_907_236                            # the authors' T5-base SHERL (paper: 0.85%)
     counts = [sum(p.numel() for p in t.parameters() if p.requires_grad) for t in (enc, dec)]
     assert counts == [spec_enc, spec_dec]
     assert all(p.numel() == 768 for p in enc.output_norm.parameters())   # weight only, initialised to 1
@@ -260,7 +261,7 @@ def test_t11_t5_zero_projections():
                        torch.zeros(2, 5, 8, dtype=torch.float64))
 
 
-# ---------------------------------------------------------------------------- reference loop (I1-style)
+# ---------------------------------------------------------------------------- reference from the formulas
 @pytest.mark.parametrize('kwargs', [dict(variant='mdetr'), dict(variant='t5'), dict(variant='clipvil'),
                                     dict(variant='vse_bert', up_dropout=0.0), dict(variant='mdetr', score='dot')])
 def test_matches_reference_loop(kwargs):
@@ -274,8 +275,8 @@ def test_matches_reference_loop(kwargs):
 
 
 def spec_reference(m: MTSA, feats, x_last):
-    """METHOD.md §1.1 steps 1-9 written directly as tensor algebra on the module's weights
-    (none of its submodules or helpers is called), for the MDETR and T5 rows of table 1.2.
+    """Steps 1-9 of the MTSA module docstring (Eqs. (1)-(3)) written directly as tensor algebra on the module's weights
+    (none of its submodules or helpers is called), for the MDETR and T5 variants.
 
     feats: L tensors (B, K, D_j), the guidance last; x_last: (B, K, D). Returns (B, K, D)."""
     P = dict(m.named_parameters())
@@ -288,7 +289,7 @@ def spec_reference(m: MTSA, feats, x_last):
         var = ((x - mu) ** 2).mean(-1, keepdim=True)
         return (x - mu) / torch.sqrt(var + eps) * P[f'{name}.weight'] + P[f'{name}.bias']
 
-    eps = 1e-6                                # ε of both norms, MDETR and T5 (table 1.2)
+    eps = 1e-6                                # ε of both norms, MDETR and T5 variants
     mdetr = m.variant == 'mdetr'
     # 1. unshared down-projections, one per set (guidance included)
     if mdetr:                                 # LN_d(Linear_{D→d} h), LN eps 1e-5
@@ -327,7 +328,7 @@ def spec_reference(m: MTSA, feats, x_last):
 
 @pytest.mark.parametrize('variant', ['mdetr', 't5'])
 def test_matches_spec_reference_outputs_and_gradients(variant):
-    """I1-style: the module against the from-spec reference, outputs and the gradients of every
+    """The module against the from-spec reference, outputs and the gradients of every
     parameter and input, float64, to 1e-6."""
     torch.manual_seed(3)
     m = MTSA([6, 8, 8, 8, 8], 4, 5, out_channels=8, variant=variant, alpha_init=0.07).double().train()
@@ -398,9 +399,13 @@ def test_cnn_variant_non_square():
 @pytest.mark.parametrize('kwargs, match', [
     (dict(in_channels=8, side_width=4, num_sets=1), 'num_sets'),
     (dict(in_channels=[8, 8], side_width=4, num_sets=3), 'lists 2 widths'),
-    (dict(in_channels=8, side_width=4, num_sets=3, down='conv'), 'down must be'),
-    (dict(in_channels=8, side_width=4, num_sets=3, score='cos'), 'score must be'),
-    (dict(in_channels=8, side_width=4, num_sets=3, variant='bert'), 'variant must be'),
+    (dict(in_channels=8, side_width=4, num_sets=3, down='conv'), r"MTSA: down='conv': must be one of"),
+    (dict(in_channels=8, side_width=4, num_sets=3, score='cos'), r"MTSA: score='cos': must be one of"),
+    (dict(in_channels=8, side_width=4, num_sets=3, variant='bert'), r"MTSA: variant='bert': must be one of"),
+    (dict(in_channels=8, side_width=4, num_sets=3, temperature=0), r'temperature=0: must be a number > 0'),
+    (dict(in_channels=8, side_width=4, num_sets=3, reduction=2), 'MTSA takes d as side_width'),
+    (dict(in_channels=8, side_width=4, num_sets=3, varaint='t5'),
+     r"varaint: unknown option; did you mean 'variant'\?"),
     (dict(in_channels=8, side_width=4, num_sets=3, variant='cnn', post_mlp=True), 'post_mlp'),
 ])
 def test_bad_options(kwargs, match):

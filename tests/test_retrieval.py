@@ -297,6 +297,8 @@ def test_retrieval_sibling_configs_build_and_embed(tuner):
                                                           tokenizer=minilm_dir())})
             if tuner == 'unipt':
                 cfg.merge_from_dict({'model.tuner.side_width': 16})
+            if tuner == 'adapter':      # the config's reduction 16 leaves no channel of the tiny ResNet's width 8
+                cfg.merge_from_dict({'model.tuner.reduction': 4})
         else:
             cfg.merge_from_dict({'model.model_cfg': TINY_CLIP, 'model.pretrained': None})
         with DefaultScope.overwrite_default_scope('sherl_mm'):

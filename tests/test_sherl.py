@@ -1,21 +1,18 @@
-"""SHERL tuner: route, identity construction (T7), gradient audit (I3), late
+"""SHERL tuner: route, identity construction, gradient and memory audit, late
 context, multi-point insertion, late PETL tuners, options, save/load."""
 import copy
-import os
-import sys
 
 import pytest
 import torch
 from safetensors.torch import load_file
 from torch import nn
 
-sys.path.insert(0, os.path.dirname(__file__))
-from _toy_stacks import (ToyCNNStack, ToyDecoderStack, ToyTokenStack, decoder_batch, image_batch,  # noqa: E402
+from _toy_stacks import (ToyCNNStack, ToyDecoderStack, ToyTokenStack, decoder_batch, image_batch,
                          token_batch)
 
-from sherl_mm.registry import TUNERS  # noqa: E402
-from sherl_mm.tuners import SHERL, build_tuned_stacks, load_trainable, save_trainable  # noqa: E402
-from sherl_mm.tuners.mtsa import MTSA  # noqa: E402
+from sherl_mm.registry import TUNERS
+from sherl_mm.tuners import SHERL, build_tuned_stacks, load_trainable, save_trainable
+from sherl_mm.tuners.mtsa import MTSA
 
 ATOL = 1e-5
 
@@ -90,7 +87,7 @@ def test_default_selection_is_input_plus_all_early_layers():
     assert SHERL(stack, select_layers=['input', -6]).selections == [['input', 0, 4]]
 
 
-# ---------------------------------------------------------------------------- T7 identity
+# ---------------------------------------------------------------------------- identity construction
 @pytest.mark.parametrize('kind', ['tokens', 'decoder', 'cnn'])
 @pytest.mark.parametrize('cfg', [dict(), dict(num_late_layers=0), dict(num_late_layers=2), dict(insert_layers=[1, 3]),
                                  dict(mtsa=dict(variant='vse_bert'))])
@@ -113,7 +110,7 @@ def test_t7_identity_construction_reproduces_frozen_stack(kind, cfg):
 @pytest.mark.parametrize('kind', ['tokens', 'decoder', 'cnn'])
 @pytest.mark.parametrize('variant', [None, 't5'])
 def test_zero_up_option_starts_at_the_frozen_stack_and_still_learns(kind, variant):
-    """mtsa=dict(zero_up=True, alpha_init=...) is the T7 construction at init:
+    """mtsa=dict(zero_up=True, alpha_init=...) is the identity construction (U(e') = 0, gate ≈ 1) at init:
     the tuned stack reproduces the frozen one, and U gets a gradient."""
     if kind == 'cnn' and variant:
         pytest.skip('token variant')
@@ -121,7 +118,7 @@ def test_zero_up_option_starts_at_the_frozen_stack_and_still_learns(kind, varian
     frozen = stack.eval()(*batch).hidden
     mtsa = dict(zero_up=True, alpha_init=2.0, **(dict(variant=variant) if variant else {}))
     if kind == 'cnn':
-        with pytest.raises(ValueError, match='zero_up is for the token variants'):
+        with pytest.raises(ValueError, match='zero_up=True is for the token variants'):
             SHERL(stack, mtsa=mtsa)
         return
     tuner = SHERL(stack, mtsa=mtsa).eval()
@@ -144,7 +141,7 @@ def test_t7_alpha_zero_output_independent_of_x_last_path():
     assert torch.equal(m(states, h), m(states, torch.randn_like(h)))
 
 
-# ---------------------------------------------------------------------------- I3 gradient / memory audit
+# ---------------------------------------------------------------------------- gradient / memory audit
 def count_saved(tuner, batch):
     saved = []
 
@@ -253,7 +250,7 @@ def test_t14_sherl_mdetr_trainable_count():
         decoder=dict(select_layers=[0, 2, 3, 4], num_late_layers=1))), default_targets=('encoder', 'decoder'))
     counts = {k: sum(p.numel() for p in v.parameters() if p.requires_grad) for k, v in tuned.items()}
     assert counts == dict(encoder=232_450, decoder=232_450)
-    # + MDETR heads 65,792 + 132,612 + 32,896 = 231,300 -> 696,200 (METHOD.md T14)
+    # + MDETR heads 65,792 + 132,612 + 32,896 = 231,300 -> 696,200 (the authors' MDETR SHERL; paper: 0.7M)
     assert sum(counts.values()) + 231_300 == 696_200
     src = torch.randn(2, 7, 256)
     pos = torch.randn(2, 7, 256)
@@ -369,7 +366,7 @@ def test_late_tuner_adapter_on_cnn():
 # ---------------------------------------------------------------------------- options and errors
 @pytest.mark.parametrize('kind, cfg, err, match', [
     ('tokens', dict(num_late_layers=4), ValueError, 'num_late_layers must be < 4'),
-    ('tokens', dict(num_late_layers=-1), ValueError, 'non-negative'),
+    ('tokens', dict(num_late_layers=-1), ValueError, r'SHERL: num_late_layers=-1: must be an integer >= 0'),
     ('tokens', dict(select_layers=[0, 7]), IndexError, 'select_layers: layer index 7'),
     ('tokens', dict(select_layers=[0, 3]), ValueError, 'not before the insertion point'),
     ('tokens', dict(select_layers=['inputs']), ValueError, "'input'"),
@@ -379,16 +376,33 @@ def test_late_tuner_adapter_on_cnn():
     ('cnn', dict(mtsa=dict(variant='t5')), ValueError, "variant='cnn'"),
     ('tokens', dict(mtsa=dict(in_channels=32)), ValueError, 'set from the stack'),
     ('tokens', dict(mtsa=dict(reduction=2, side_width=4)), ValueError, 'not both'),
-    ('tokens', dict(mtsa=dict(variant='bert')), ValueError, 'variant must be'),
+    ('tokens', dict(mtsa=dict(variant='bert')), ValueError, r"SHERL: mtsa\.variant='bert': must be one of"),
     ('tokens', dict(insert_layers=[0, 2]), IndexError, 'insert_layers'),
     ('tokens', dict(insert_layers=[5]), IndexError, 'insert_layers'),
     ('tokens', dict(insert_layers=[2], num_late_layers=1), ValueError, 'not both'),
     ('tokens', dict(late_tuner=dict(type='BitFit')), ValueError, "'LoRA' or 'Adapter'"),
     ('tokens', dict(num_late_layers=0, late_tuner=dict(type='LoRA')), ValueError, 'at least one late layer'),
     ('tokens', dict(late_tuner=dict(type='LoRA', target_modules=['nothing'])), ValueError, 'matched no module'),
-    ('tokens', dict(output_norm='rms'), ValueError, 'output_norm must be None or one of'),
+    ('tokens', dict(output_norm='rms'), ValueError, r"SHERL: output_norm='rms': must be one of"),
     ('tokens', dict(output_norm='t5'), ValueError, "output_norm='t5' replaces the output stage"),
     ('cnn', dict(output_norm='layernorm'), ValueError, "output_norm='layernorm' normalises tokens"),
+    # option values and names, validated once by SHERLOptions / MTSAConfig / the late tuner's config
+    ('tokens', dict(mtsa=dict(reduction=-2)), ValueError, r'SHERL: mtsa\.reduction=-2: must be a number > 0'),
+    ('tokens', dict(mtsa=dict(reduction=0)), ValueError, r'SHERL: mtsa\.reduction=0: must be a number > 0'),
+    ('tokens', dict(mtsa=dict(reduction=1000)), ValueError,
+     r'SHERL: mtsa\.reduction=1000 leaves 16 // 1000 = 0 channels .*valid: 0 < reduction <= 16'),
+    ('tokens', dict(num_late_layer=1), ValueError,
+     r"SHERL: num_late_layer: unknown option; did you mean 'num_late_layers'\? Valid options: \["),
+    ('tokens', dict(mtsa=dict(reduktion=2)), ValueError, r"SHERL: mtsa\.reduktion: unknown option; did you mean "
+                                                         r"'reduction'\?"),
+    ('tokens', dict(late_tuner=dict(type='Adapter', reduction=0)), ValueError,
+     r'SHERL: late_tuner\.reduction=0: must be a number > 0'),
+    ('tokens', dict(late_tuner=dict(type='LoRA', rnak=2)), ValueError,
+     r"SHERL: late_tuner\.rnak: unknown option; did you mean 'rank'\?"),
+    ('tokens', dict(late_tuner=dict(type='LoRA', rank=0)), ValueError, r'SHERL: late_tuner\.rank=0: must be an integer'),
+    ('tokens', dict(select_layers=['input', 0], use_input=False), ValueError,
+     r"SHERL: use_input=False but select_layers contains 'input'"),
+    ('tokens', dict(output_dropout=1.5), ValueError, r'SHERL: output_dropout=1\.5: must be a number >= 0 and < 1'),
 ])
 def test_bad_options(kind, cfg, err, match):
     stack, _ = make(kind)
@@ -431,4 +445,4 @@ def test_save_load_trainable_round_trip(tmp_path, kind):
     if kind == 'cnn':
         assert {'mtsa.0.downs.0.bn.running_mean', 'mtsa.0.up.1.running_var'} <= saved
         assert torch.equal(fresh.mtsa[0].up[1].running_mean, tuner.mtsa[0].up[1].running_mean)
-        assert tuner.stack.stem[1].running_mean.abs().sum() == 0      # the stack's own BN stayed frozen
+        assert tuner.stack.stem_norm.running_mean.abs().sum() == 0      # the stack's own BN stayed frozen

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sherl_mm.registry import BACKBONES, TUNERS
-from tests._backbone_factories import STACK_NAMES, example_inputs, stack_config
+from _backbone_factories import STACK_NAMES, example_inputs, stack_config
 
 TUNER_CONFIGS = {
     'FullFineTune': dict(type='FullFineTune'),

@@ -1,20 +1,17 @@
-"""UniPT (METHOD.md section 3.1): T13 vectors, the module against a loop
+"""UniPT (its generic module, UniPT paper Sec. 3): hand-computed vectors, the module against a loop
 reference, masks, the tuner on every toy stack, options, save/load."""
 import copy
-import os
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(__file__))
-from _toy_stacks import (ToyCNNStack, ToyDecoderStack, ToyTokenStack, decoder_batch, image_batch,  # noqa: E402
+from _toy_stacks import (ToyCNNStack, ToyDecoderStack, ToyTokenStack, decoder_batch, image_batch,
                          token_batch)
 
-from sherl_mm.registry import TUNERS  # noqa: E402
-from sherl_mm.tuners import UniPT, UniPTModule, linear_attention, load_trainable, save_trainable  # noqa: E402
-from sherl_mm.tuners.unipt import masked_mean  # noqa: E402
+from sherl_mm.registry import TUNERS
+from sherl_mm.tuners import UniPT, UniPTModule, linear_attention, load_trainable, save_trainable
+from sherl_mm.tuners.unipt import masked_mean
 
 
 def make(kind, seed=0, **kw):
@@ -26,7 +23,7 @@ def make(kind, seed=0, **kw):
     return ToyCNNStack(**kw), (image_batch(),)
 
 
-# ---------------------------------------------------------------------------- T13
+# ---------------------------------------------------------------------------- hand-computed vectors
 def test_t13_nonpositive_similarities_give_context():
     q = torch.tensor([[[1.0, 0.0]]], dtype=torch.float64)
     ctx = torch.tensor([[[-1.0, 0.0]]], dtype=torch.float64)
@@ -170,6 +167,9 @@ def test_wrong_mask_shape():
     (dict(select_layers=[3], use_input=False), ValueError, 'besides the anchor'),
     (dict(side_width=4, reduction=2), ValueError, 'not both'),
     (dict(select_layers=['embed']), ValueError, "'input'"),
+    (dict(reduction=0), ValueError, r'UniPT: reduction=0: must be a number > 0'),
+    (dict(reduction=17), ValueError, r'UniPT: reduction=17 leaves 16 // 17 = 0 channels'),
+    (dict(mask_keys='pad'), ValueError, r"UniPT: mask_keys: unknown option; did you mean 'mask_key'\?"),
 ])
 def test_bad_options(cfg, err, match):
     stack, _ = make('tokens')

@@ -1,7 +1,8 @@
-"""UniPT's MDETR form (UniPT (CVPR 2024), METHOD.md §3.2): the tuner pair
-against a per-sample reference of the formulas, T13 on its pieces, T14's
-481,666 (tuners and the paper-size config), the tiny grounding model's
-forward/backward with a gradient audit and its four head outputs, errors."""
+"""UniPT's MDETR form (UniPT, CVPR 2024; docs/tuners.md): the tuner pair
+against a per-sample reference of the formulas, hand-computed vectors on its
+pieces, the authors' 481,666 parameters (tuners and the paper-size config),
+the tiny grounding model's forward/backward with a gradient audit and its four
+head outputs, errors."""
 import os
 import os.path as osp
 import sys
@@ -55,7 +56,7 @@ def run(enc, dec, src, pos, mask, query_pos):
     return e, d
 
 
-# ---------------------------------------------------------------------------- per-sample reference of §3.2
+# ---------------------------------------------------------------------------- per-sample reference of the formulas
 def _lin_att(q, c, v, eps, residual):
     """``l1norm_row(ReLU((q cᵀ) ⊙ v_cols)) (+ I)`` applied to ``c``, one sample."""
     w = F.relu((q @ c.T) * v[None, :].to(q.dtype))
@@ -87,7 +88,7 @@ def _frozen_states(stack, *inputs):
 
 
 def reference(enc, dec, src, pos, mask, query_pos):
-    """``(side_img_memory, [hs_0, hs_1, hs_2, hs_3])`` written from METHOD.md §3.2."""
+    """``(side_img_memory, [hs_0, hs_1, hs_2, hs_3])`` written from the formulas of the module docstring."""
     with torch.no_grad():
         es = _frozen_states(enc.stack, src, pos, mask)
         ds = _frozen_states(dec.stack, query_pos, es[-1], pos, mask)
@@ -155,7 +156,7 @@ def test_decoder_intermediates_are_not_normed_and_frozen_route_has_no_graph():
     assert e.hidden.requires_grad and d.hidden.requires_grad and all(a.requires_grad for a in d.aux)
 
 
-# ---------------------------------------------------------------------------- T13 on the pieces
+# ---------------------------------------------------------------------------- hand-computed vectors on the pieces
 def test_t13_decoder_memory_read_masks_padding_and_rows_sum_to_one():
     _, dec = pair()
     g = torch.Generator().manual_seed(3)
@@ -209,7 +210,7 @@ def test_padding_does_not_leak():
                                    atol=1e-10, rtol=1e-10)
 
 
-# ---------------------------------------------------------------------------- T14 and init
+# ---------------------------------------------------------------------------- parameter counts and init
 def side_count(module):
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
@@ -363,8 +364,8 @@ def test_wrong_widths_are_refused():
 
 
 @pytest.mark.parametrize('kw, match', [
-    (dict(), "role must be 'encoder' or 'decoder'"),
-    (dict(role='enc'), "role must be 'encoder' or 'decoder'"),
+    (dict(), r"UniPTMDETR: role=None: must be 'encoder' or 'decoder'; in a model config give it per stack"),
+    (dict(role='enc'), r"UniPTMDETR: role='enc': must be one of \['encoder', 'decoder'\]"),
     (dict(role='encoder', side_width=8, reduction=2), 'not both'),
     (dict(role='encoder', feature_indices=[1, 1]), 'distinct'),
     (dict(role='encoder', feature_indices=['input', 3]), 'distinct integers'),

@@ -8,4 +8,4 @@ _base_ = ['./sherl_mdetr_demo.py']
 
 model = dict(tuner=dict(_delete_=True, type='FullFineTune', targets=['encoder', 'decoder']))
 optim_wrapper = dict(optimizer=dict(lr=1e-4, weight_decay=1e-4))
-custom_hooks = [dict(type='EarlyRouteCacheHook', stacks=['image', 'text'])]
+custom_hooks = [dict(type='FrozenFeatureCacheHook', stacks=['image', 'text'])]

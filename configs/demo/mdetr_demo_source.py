@@ -2,7 +2,7 @@
 # _base_/models/mdetr_demo.py on the demo's *source* task (name grounding: "the banana", "a green frog face")
 # to obtain a pre-trained grounding model, as MDETR's pre-training provides one for RefCOCO. The encoder,
 # decoder, projections, queries and heads train; the pretrained EfficientNet and MiniLM stay frozen, and
-# EarlyRouteCacheHook serves their outputs from a cache after the first epoch (the training pipeline
+# FrozenFeatureCacheHook serves their outputs from a cache after the first epoch (the training pipeline
 # is the deterministic test pipeline), which makes an epoch several times faster.
 #   python tools/data/make_grounding_demo.py
 #   python tools/train.py configs/demo/mdetr_demo_source.py
@@ -21,6 +21,6 @@ param_scheduler = [dict(type='LinearLR', start_factor=0.01, by_epoch=False, begi
 train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs, val_interval=max_epochs)
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
-custom_hooks = [dict(type='EarlyRouteCacheHook', stacks=['image', 'text'])]
+custom_hooks = [dict(type='FrozenFeatureCacheHook', stacks=['image', 'text'])]
 default_hooks = dict(logger=dict(interval=25), checkpoint=dict(interval=max_epochs, max_keep_ckpts=1))
 randomness = dict(seed=0)

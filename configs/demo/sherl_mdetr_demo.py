@@ -12,7 +12,7 @@
 # paper's closed gate starts the late layers from a random U(e'); docs/investigations.md has what each
 # start measured, and why every transfer trains 20 epochs (the demo's 15-minute budget).
 # The whole early route (image and text encoders, the encoder, decoder layers 0-4) is frozen, so from
-# the second epoch on EarlyRouteCacheHook serves it from disk and a step runs only MTSA, the last
+# the second epoch on FrozenFeatureCacheHook serves it from disk and a step runs only MTSA, the last
 # decoder layer and the heads.
 #   python tools/train.py configs/demo/mdetr_demo_source.py      (writes the checkpoint below)
 #   python tools/train.py configs/demo/sherl_mdetr_demo.py
@@ -32,6 +32,6 @@ param_scheduler = [dict(type='MultiStepLR', by_epoch=True, milestones=[int(max_e
 train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs, val_interval=max_epochs)
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
-custom_hooks = [dict(type='EarlyRouteCacheHook')]
+custom_hooks = [dict(type='FrozenFeatureCacheHook')]
 default_hooks = dict(logger=dict(interval=25), checkpoint=dict(interval=max_epochs, max_keep_ckpts=1))
 randomness = dict(seed=0)

@@ -18,4 +18,4 @@ model = dict(tuner=dict(_delete_=True, type='SHERL', targets=['text'],
                         mtsa=dict(reduction=4, zero_up=True, alpha_init=2.0)))
 # the frozen image stack and MiniLM's early route come from the cache; the transformer's input now
 # depends on trained parameters, so it is computed every step
-custom_hooks = [dict(type='EarlyRouteCacheHook', stacks=['image', 'text'])]
+custom_hooks = [dict(type='FrozenFeatureCacheHook', stacks=['image', 'text'])]

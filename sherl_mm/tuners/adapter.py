@@ -23,6 +23,7 @@ layer of the stack, on the route itself (``run_layer``'s output).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
@@ -32,13 +33,66 @@ from torch import Tensor, nn
 from sherl_mm.backbones.base import BackboneStack, StackOutput
 from sherl_mm.registry import TUNERS
 
-from ._common import FrozenStackTuner, InjectedModule, Targets, describe_modules, layer_roots, match_modules, \
-    remove_hooks
+from .base import BaseTuner
+from .injection import InjectedModule, Targets, describe_modules, inject_into_layers, match_modules, remove_hooks
+from .layers import stack_widths
+from .options import (NormEvalOption, TunerOptions, bottleneck_width, exclusive, layer_indices, number, one_of,
+                      option, targets)
 
 PLACEMENTS = ('sequential', 'parallel')
 LAYOUTS = ('tokens', 'feature_map')
 ACTIVATIONS = dict(relu=F.relu, gelu=F.gelu, silu=F.silu, tanh=torch.tanh, identity=lambda x: x)
 _INPUT_KEYS = ('query', 'hidden_states', 'x', 'input', 'src', 'tgt', 'inputs_embeds')
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdapterConfig(TunerOptions):
+    """What an adapter is (the :class:`Adapter` tuner's options, and SHERL's
+    ``late_tuner=dict(type='Adapter', ...)``).
+
+    Attributes:
+        dim: bottleneck width; or ``reduction``: width = the adapted output's
+            width // reduction (default reduction 16 when neither is given).
+        placement: ``'sequential'`` (after the target) or ``'parallel'``
+            (around it, fed with its input).
+        scale: ``s`` in ``y + s · adapter(·)`` (default 1).
+        activation: inside the bottleneck: one of ``relu``, ``gelu``, ``silu``,
+            ``tanh``, ``identity``.
+        dropout: after the activation, in [0, 1).
+        target_modules: modules to adapt (regex / names / suffixes /
+            predicate, as for LoRA). None: one adapter after every layer of
+            the stack, on the route itself (``run_layer``'s output).
+    """
+
+    kind = 'Adapter'
+
+    dim: int | None = option(None, number(1, integer=True))
+    reduction: float | None = option(None, number(0, low_open=True))
+    placement: str = option('sequential', one_of(*PLACEMENTS))
+    scale: float = option(1.0, number())
+    activation: str = option('relu', one_of(*ACTIVATIONS))
+    dropout: float = option(0.0, number(0, 1, high_open=True))
+    target_modules: Targets | None = option(None, targets)
+
+    def check(self) -> None:
+        super().check()
+        exclusive(self, 'dim', 'reduction')
+
+    def width(self, out_width: int, owner: str) -> int:
+        """The bottleneck width for an adapted output of ``out_width`` channels."""
+        return bottleneck_width(out_width, self.dim, self.reduction, 16, owner)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdapterOptions(AdapterConfig, NormEvalOption):
+    """Options of the :class:`Adapter` tuner: :class:`AdapterConfig`, and
+
+    Attributes:
+        layers: indices of ``stack.layers`` to restrict to (None: all).
+        norm_eval: see :class:`~sherl_mm.tuners.options.NormEvalOption`.
+    """
+
+    layers: list[int] | int | None = option(None, layer_indices)
 
 
 class BottleneckAdapter(InjectedModule):
@@ -48,38 +102,28 @@ class BottleneckAdapter(InjectedModule):
     Args:
         in_dim: width of ``src``; out_dim: width of the output it is added to.
         dim: bottleneck width.
-        placement: ``'sequential'`` or ``'parallel'``.
-        scale: ``s``.
-        activation: one of ``relu``, ``gelu``, ``silu``, ``tanh``, ``identity``.
-        dropout: dropout after the activation.
+        config: placement, scale, activation and dropout.
         layout: ``'tokens'`` (width is the last dim) or ``'feature_map'``
             (width is dim 1 of a 4-D map; 1x1 convs).
     """
 
-    def __init__(self, in_dim: int, out_dim: int, dim: int, placement: str = 'sequential', scale: float = 1.0,
-                 activation: str = 'relu', dropout: float = 0.0, layout: str = 'tokens',
+    def __init__(self, in_dim: int, out_dim: int, dim: int, config: AdapterConfig, layout: str = 'tokens',
                  device: Any = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        if placement not in PLACEMENTS:
-            raise ValueError(f'Adapter: placement must be one of {PLACEMENTS}, got {placement!r}')
         if layout not in LAYOUTS:
             raise ValueError(f'Adapter: layout must be one of {LAYOUTS}, got {layout!r}')
-        if activation not in ACTIVATIONS:
-            raise ValueError(f'Adapter: activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}')
-        if placement == 'sequential' and in_dim != out_dim:
+        if config.placement == 'sequential' and in_dim != out_dim:
             raise ValueError(f'Adapter: a sequential adapter maps the output to itself, got in_dim={in_dim} '
                              f'!= out_dim={out_dim}')
-        if int(dim) != dim or dim < 1:
-            raise ValueError(f'Adapter: bottleneck dim must be a positive integer, got {dim!r}')
         self.in_dim, self.out_dim, self.dim = int(in_dim), int(out_dim), int(dim)
-        self.placement, self.scale, self.activation, self.layout = placement, float(scale), activation, layout
-        self.enabled = True
+        self.placement, self.scale, self.activation = config.placement, float(config.scale), config.activation
+        self.layout = layout
         kw = dict(device=device, dtype=dtype)
         self.down_weight = nn.Parameter(torch.empty(self.dim, self.in_dim, **kw))
         self.down_bias = nn.Parameter(torch.empty(self.dim, **kw))
         self.up_weight = nn.Parameter(torch.empty(self.out_dim, self.dim, **kw))
         self.up_bias = nn.Parameter(torch.empty(self.out_dim, **kw))
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -124,8 +168,6 @@ class BottleneckAdapter(InjectedModule):
         return out + self.scale * self.bottleneck(out, out)
 
     def forward_hook(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
-        if not self.enabled:
-            return None
         first = output[0] if isinstance(output, tuple) else output
         if not isinstance(first, Tensor):
             raise TypeError(f'Adapter: the adapted {type(module).__name__} returned {type(first).__name__}; '
@@ -169,20 +211,33 @@ def infer_widths(module: nn.Module) -> tuple[int, int, str] | None:
     return None
 
 
-def inject_adapters(module: nn.Module, targets: Targets, dim: int | None = None, reduction: float | None = None,
-                    placement: str = 'sequential', scale: float = 1.0, activation: str = 'relu',
-                    dropout: float = 0.0, *, layout: str | None = None, in_dim: int | None = None,
-                    out_dim: int | None = None, prefix: str = '', strict: bool = True) -> list[str]:
+def inject_adapters(module: nn.Module, targets: Targets, *, layout: str | None = None, in_dim: int | None = None,
+                    out_dim: int | None = None, prefix: str = '', strict: bool = True, **options: Any) -> list[str]:
     """Attach a :class:`BottleneckAdapter` to every module of ``module`` that
     ``targets`` names, in place (as its ``adapter`` child, through a forward hook).
 
     Args:
         module: where to look (a stack, one layer, any ``nn.Module``).
-        targets: regex (full match), list of names / dotted suffixes, or a
-            predicate ``(name, module) -> bool``, as for LoRA.
-        dim: bottleneck width; or ``reduction``: width = output width // reduction
-            (default reduction 16 when neither is given).
-        placement, scale, activation, dropout: see :class:`BottleneckAdapter`.
+        targets: ``target_modules`` of :class:`AdapterConfig`.
+        layout, in_dim, out_dim, prefix, strict: see :func:`apply_adapters`.
+        **options: the other :class:`AdapterConfig` options (``dim``, ``placement`` ...).
+
+    Returns the names of the adapted modules.
+    """
+    config = AdapterConfig.parse(dict(options, target_modules=targets), 'Adapter')
+    return apply_adapters(module, config, layout=layout, in_dim=in_dim, out_dim=out_dim, prefix=prefix,
+                          strict=strict)
+
+
+def apply_adapters(module: nn.Module, config: AdapterConfig, *, layout: str | None = None,
+                   in_dim: int | None = None, out_dim: int | None = None, prefix: str = '',
+                   strict: bool = True) -> list[str]:
+    """Attach the adapters ``config`` describes to the modules of ``module``
+    that its ``target_modules`` names, in place.
+
+    Args:
+        module: where to look.
+        config: the adapters' options (``target_modules`` must be set).
         layout: ``'tokens'`` / ``'feature_map'``; None infers it per target
             (Conv2d / BatchNorm / conv blocks: feature map, else tokens).
         in_dim, out_dim: the target's input/output widths when they cannot be
@@ -192,18 +247,12 @@ def inject_adapters(module: nn.Module, targets: Targets, dim: int | None = None,
 
     Returns the names of the adapted modules.
     """
-    if dim is not None and reduction is not None:
-        raise ValueError(f'Adapter: give the bottleneck as dim or as reduction, not both (dim={dim}, '
-                         f'reduction={reduction})')
-    if dim is None and reduction is None:
-        reduction = 16
-    if placement not in PLACEMENTS:
-        raise ValueError(f'Adapter: placement must be one of {PLACEMENTS}, got {placement!r}')
-    matched = match_modules(module, targets, prefix)
+    matched = match_modules(module, config.target_modules, prefix)
     if not matched:
         if strict:
-            raise ValueError(f'Adapter: target_modules={targets!r} matched no module in {type(module).__name__}'
-                             f'{" at " + prefix if prefix else ""}; {describe_modules(module, prefix)}')
+            raise ValueError(f'Adapter: target_modules={config.target_modules!r} matched no module in '
+                             f'{type(module).__name__}{" at " + prefix if prefix else ""}; '
+                             f'{describe_modules(module, prefix)}')
         return []
     plans = []
     for name, target in matched:
@@ -217,17 +266,37 @@ def inject_adapters(module: nn.Module, targets: Targets, dim: int | None = None,
         i_dim = in_dim if in_dim is not None else inferred[0]
         o_dim = out_dim if out_dim is not None else inferred[1]
         lay = layout or (inferred[2] if inferred else 'tokens')
-        src_dim = o_dim if placement == 'sequential' else i_dim
-        width = int(dim) if dim is not None else max(1, int(o_dim // reduction))
-        ref = next(target.parameters(), None)
-        plans.append((target, src_dim, o_dim, width, lay, ref))
+        src_dim = o_dim if config.placement == 'sequential' else i_dim
+        plans.append((target, src_dim, o_dim, config.width(o_dim, 'Adapter'), lay, next(target.parameters(), None)))
     for target, src_dim, o_dim, width, lay, ref in plans:
-        target.adapter = BottleneckAdapter(src_dim, o_dim, width, placement, scale, activation, dropout, lay,
-                                           device=None if ref is None else ref.device,
-                                           dtype=None if ref is None or not ref.is_floating_point() else ref.dtype)
+        target.adapter = BottleneckAdapter(src_dim, o_dim, width, config, lay, **_placement(ref))
         target.adapter.hook_ids.append(
             target.register_forward_hook(target.adapter.forward_hook, with_kwargs=True).id)
     return [name for name, _ in matched]
+
+
+def _placement(ref: Tensor | None) -> dict:
+    """``device`` / ``dtype`` for new parameters next to the tensor ``ref``."""
+    if ref is None:
+        return {}
+    return dict(device=ref.device, dtype=ref.dtype if ref.is_floating_point() else None)
+
+
+def layer_adapters(stack: BackboneStack, indices: Sequence[int], config: AdapterConfig, owner: str) -> nn.ModuleDict:
+    """One adapter after each listed layer of ``stack``, on the route itself:
+    ``{str(i): adapter}``, applied as ``adapter(run_layer output, layer input)``.
+    A sequential adapter maps layer ``i``'s output to itself; a parallel one
+    reads the layer's input (the previous layer's output, or the input
+    stage's for layer 0)."""
+    input_width, widths = stack_widths(stack, f'{owner}(Adapter without target_modules)')
+    in_widths = [input_width] + widths[:-1]
+    ref = next(stack.parameters(), None)
+    adapters = nn.ModuleDict()
+    for i in indices:
+        src = widths[i] if config.placement == 'sequential' else in_widths[i]
+        adapters[str(i)] = BottleneckAdapter(src, widths[i], config.width(widths[i], owner), config, stack.layout,
+                                             **_placement(ref))
+    return adapters
 
 
 def adapter_modules(module: nn.Module) -> list[tuple[nn.Module, BottleneckAdapter]]:
@@ -242,87 +311,46 @@ def remove_adapters(module: nn.Module) -> None:
         del target.adapter
 
 
-def set_adapters_enabled(module: nn.Module, enabled: bool) -> None:
-    """Switch every injected adapter under ``module`` on or off."""
-    for _, adapter in adapter_modules(module):
-        adapter.enabled = enabled
-
-
 @TUNERS.register_module()
-class Adapter(FrozenStackTuner):
+class Adapter(BaseTuner):
     """Bottleneck adapters on the frozen stack; only the adapters train.
 
     Args:
         stack: the backbone stack or its BACKBONES config.
-        dim: bottleneck width, or ``reduction`` (width = D // reduction;
-            default reduction 16).
-        placement: ``'sequential'`` (after the target) or ``'parallel'``
-            (around it, fed with its input).
-        target_modules: modules to adapt (regex / names / suffixes /
-            predicate, as for LoRA). None: one adapter after every layer of the
-            stack, on ``run_layer``'s output (parallel: fed with its input).
-        layers: indices of ``stack.layers`` to restrict to (None: all).
-        scale: ``s`` in ``y + s · adapter(·)``.
-        activation, dropout: inside the bottleneck.
-        norm_eval: keep BatchNorm statistics of the stack frozen in training.
+        **options: :class:`AdapterOptions` (``dim`` or ``reduction``,
+            ``placement``, ``target_modules``, ``layers``, ``scale``,
+            ``activation``, ``dropout``, ``norm_eval``).
     """
 
-    def __init__(self, stack: BackboneStack | dict, dim: int | None = None, reduction: float | None = None,
-                 placement: str = 'sequential', target_modules: Targets | None = None,
-                 layers: Sequence[int] | None = None, scale: float = 1.0, activation: str = 'relu',
-                 dropout: float = 0.0, norm_eval: bool = True, init_cfg: dict | None = None) -> None:
-        super().__init__(stack, norm_eval=norm_eval, init_cfg=init_cfg)
-        if dim is not None and reduction is not None:
-            raise ValueError(f'Adapter: give the bottleneck as dim or as reduction, not both (dim={dim}, '
-                             f'reduction={reduction})')
-        if dim is None and reduction is None:
-            reduction = 16
-        if placement not in PLACEMENTS:
-            raise ValueError(f'Adapter: placement must be one of {PLACEMENTS}, got {placement!r}')
-        self.tuner_cfg = dict(type='Adapter', dim=dim, reduction=reduction, placement=placement,
-                              target_modules=target_modules, layers=None if layers is None else list(layers),
-                              scale=scale, activation=activation, dropout=dropout)
-        self.layer_adapters = nn.ModuleDict()
-        self.targeted: list[str] = []
-        if target_modules is None:
-            self._build_layer_adapters(dim, reduction, placement, layers, scale, activation, dropout)
-            return
-        roots = layer_roots(self.stack, layers)
-        for root, prefix in roots:
-            self.targeted += inject_adapters(root, target_modules, dim, reduction, placement, scale, activation,
-                                             dropout, prefix=prefix, strict=False)
-        if not self.targeted:
-            where = 'the stack' if layers is None else f'layers {layers}'
-            root, prefix = roots[0]
-            raise ValueError(f'Adapter: target_modules={target_modules!r} matched no module in {where} of '
-                             f'{type(self.stack).__name__}; {describe_modules(root, prefix)}')
+    options_class = AdapterOptions
+    options: AdapterOptions
 
-    def _build_layer_adapters(self, dim, reduction, placement, layers, scale, activation, dropout) -> None:
-        stack = self.stack
-        try:
-            widths = list(stack.widths)
-            in_widths = [stack.input_width] + widths[:-1]
-        except NotImplementedError as err:
-            raise ValueError(f'Adapter(target_modules=None) puts an adapter after each layer and needs the layer '
-                             f'widths, which {type(stack).__name__} does not define ({err}); name target_modules '
-                             f'instead') from err
-        indices = range(stack.num_layers) if layers is None else \
-            sorted({stack.check_layer_index(int(i), 'layers') for i in layers})
-        ref = next(stack.parameters(), None)
-        for i in indices:
-            src = widths[i] if placement == 'sequential' else in_widths[i]
-            width = int(dim) if dim is not None else max(1, int(widths[i] // reduction))
-            self.layer_adapters[str(i)] = BottleneckAdapter(
-                src, widths[i], width, placement, scale, activation, dropout, stack.layout,
-                device=None if ref is None else ref.device, dtype=None if ref is None else ref.dtype)
-        self.targeted = [f'layers.{i}' for i in indices]
+    def __init__(self, stack: BackboneStack | dict, init_cfg: dict | None = None, **options: Any) -> None:
+        super().__init__(stack, init_cfg=init_cfg, **options)
+        config, stack = self.options, self.stack
+        self.layer_adapters = nn.ModuleDict()
+        if config.target_modules is None:
+            layers = [config.layers] if isinstance(config.layers, int) else config.layers
+            indices = range(stack.num_layers) if layers is None else \
+                sorted({stack.check_layer_index(i, 'layers') for i in layers})
+            self.layer_adapters = layer_adapters(stack, indices, config, 'Adapter')
+            self.targeted = [f'layers.{i}' for i in indices]
+            return
+        self.targeted, roots = inject_into_layers(
+            stack, config.layers, lambda root, prefix: apply_adapters(root, config, prefix=prefix, strict=False))
+        if not self.targeted:
+            where = 'the stack' if config.layers is None else f'layers {config.layers}'
+            root, prefix = roots[0]
+            raise ValueError(f'Adapter: target_modules={config.target_modules!r} matched no module in {where} of '
+                             f'{type(stack).__name__}; {describe_modules(root, prefix)}')
 
     def forward(self, *inputs: Any, late_context: dict | None = None, return_intermediates: bool = False,
                 **kwargs: Any) -> StackOutput:
-        if not len(self.layer_adapters):
-            return super().forward(*inputs, late_context=late_context, return_intermediates=return_intermediates,
-                                   **kwargs)
+        """The stack's route with an adapter after each adapted layer (or the
+        plain route, the injected adapters acting through their hooks)."""
         stack = self.stack
+        if not len(self.layer_adapters):
+            return stack(*inputs, return_intermediates=return_intermediates, **kwargs)
         hidden, context = stack.embed(*inputs, **kwargs)
         intermediates = []
         for index in range(stack.num_layers):
@@ -334,5 +362,5 @@ class Adapter(FrozenStackTuner):
                            intermediates=intermediates if return_intermediates else None)
 
 
-__all__ = ['Adapter', 'BottleneckAdapter', 'adapter_modules', 'infer_widths', 'inject_adapters', 'remove_adapters',
-           'set_adapters_enabled']
+__all__ = ['Adapter', 'AdapterConfig', 'AdapterOptions', 'BottleneckAdapter', 'adapter_modules', 'apply_adapters',
+           'infer_widths', 'inject_adapters', 'layer_adapters', 'remove_adapters']

@@ -2,11 +2,28 @@
 PETL methods are compared with, and the memory baseline)."""
 from __future__ import annotations
 
-from sherl_mm.backbones.base import BackboneStack
+from dataclasses import dataclass
+from typing import Any
+
+from sherl_mm.backbones.base import BackboneStack, StackOutput
 from sherl_mm.registry import TUNERS
 
-from ._common import Targets, describe_modules, match_modules
 from .base import BaseTuner
+from .injection import Targets, describe_modules, match_modules
+from .options import TunerOptions, option, targets
+
+
+@dataclass(frozen=True, kw_only=True)
+class FullFineTuneOptions(TunerOptions):
+    """Options of :class:`FullFineTune`.
+
+    Attributes:
+        frozen_modules: modules of the stack to keep frozen anyway (regex /
+            names / suffixes / predicate, matched as LoRA's
+            ``target_modules``), e.g. ``['embeddings']``. Default: none.
+    """
+
+    frozen_modules: Targets | None = option(None, targets)
 
 
 @TUNERS.register_module()
@@ -15,9 +32,7 @@ class FullFineTune(BaseTuner):
 
     Args:
         stack: the backbone stack or its BACKBONES config.
-        frozen_modules: optional modules of the stack to keep frozen anyway
-            (regex / names / suffixes / predicate, matched as LoRA's
-            ``target_modules``), e.g. ``['embeddings']``. Default: none.
+        **options: :class:`FullFineTuneOptions`.
 
     Note: the running statistics of BatchNorm layers (buffers) also change
     under full fine-tuning; :func:`save_trainable` therefore writes the
@@ -25,13 +40,14 @@ class FullFineTune(BaseTuner):
     """
 
     trains_backbone = True
+    options_class = FullFineTuneOptions
+    options: FullFineTuneOptions
 
-    def __init__(self, stack: BackboneStack | dict, frozen_modules: Targets | None = None,
-                 init_cfg: dict | None = None) -> None:
-        super().__init__(stack, init_cfg=init_cfg)
+    def __init__(self, stack: BackboneStack | dict, init_cfg: dict | None = None, **options: Any) -> None:
+        super().__init__(stack, init_cfg=init_cfg, **options)
         self.stack.requires_grad_(True)
-        self.tuner_cfg = dict(type='FullFineTune', frozen_modules=frozen_modules)
         self.frozen: list[str] = []
+        frozen_modules = self.options.frozen_modules
         if frozen_modules is not None:
             matched = match_modules(self.stack, frozen_modules)
             if not matched:
@@ -41,5 +57,10 @@ class FullFineTune(BaseTuner):
                 module.requires_grad_(False)
                 self.frozen.append(name)
 
+    def forward(self, *inputs: Any, late_context: dict | None = None, return_intermediates: bool = False,
+                **kwargs: Any) -> StackOutput:
+        """The stack's plain route, with every weight trained."""
+        return self.stack(*inputs, return_intermediates=return_intermediates, **kwargs)
 
-__all__ = ['FullFineTune']
+
+__all__ = ['FullFineTune', 'FullFineTuneOptions']

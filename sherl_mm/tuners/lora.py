@@ -32,17 +32,19 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sherl_mm.backbones.base import BackboneStack
+from sherl_mm.backbones.base import BackboneStack, StackOutput
 from sherl_mm.registry import TUNERS
 
-from ._common import (FrozenStackTuner, InjectedModule, Targets, describe_modules, layer_roots, match_modules,
-                      remove_hooks)
+from .base import BaseTuner
+from .injection import InjectedModule, Targets, describe_modules, inject_into_layers, match_modules, remove_hooks
+from .options import NormEvalOption, TunerOptions, flag, layer_indices, number, option, targets
 
 MHA_PARTS = ('q', 'k', 'v', 'out')
 #: Linear layers that the default targets (``target_modules=None``) adapt: the
@@ -54,6 +56,67 @@ _DEFAULT_HINT = (f' (the default: nn.MultiheadAttention modules and Linear layer
                  f'{list(DEFAULT_LINEAR_NAMES)})')
 
 
+def _mha_parts(value: Any) -> str | None:
+    parts = list(value) if isinstance(value, (list, tuple)) else None
+    if not parts or not set(parts) <= set(MHA_PARTS):
+        return f'must be a non-empty list of {list(MHA_PARTS)}'
+    return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoRAConfig(TunerOptions):
+    """What LoRA injects (the :class:`LoRA` tuner's options, and SHERL's
+    ``late_tuner=dict(type='LoRA', ...)``).
+
+    Attributes:
+        rank: ``r`` (default 8).
+        alpha: ``α``; the update is scaled by ``α/r`` (default 8, PEFT's).
+        dropout: dropout on the LoRA branch input (Linear/Conv2d targets), in [0, 1).
+        target_modules: regex (full match on names, e.g.
+            ``r'layers\\.\\d+\\.self_attn'``), list of names or name suffixes
+            (``['query', 'value']``), ``'all-linear'`` (every Linear and
+            MultiheadAttention), a predicate ``(name, module) -> bool``, or
+            None: query/value projections (see :func:`default_lora_targets`).
+        use_rslora: scale by ``α/√r`` instead (rsLoRA).
+        mha_parts: which projections of an ``nn.MultiheadAttention`` get LoRA
+            (``'q'``, ``'k'``, ``'v'``, ``'out'``); None: ``q`` and ``v`` under
+            the default targets, else all four (PEFT adapts in_proj and out_proj).
+    """
+
+    kind = 'LoRA'
+
+    rank: int = option(8, number(1, integer=True))
+    alpha: float = option(8.0, number())
+    dropout: float = option(0.0, number(0, 1, high_open=True))
+    target_modules: Targets | None = option(None, targets)
+    use_rslora: bool = option(False, flag)
+    mha_parts: list[str] | None = option(None, _mha_parts)
+
+    @property
+    def scaling(self) -> float:
+        """``α/r`` (``α/√r`` with rsLoRA)."""
+        return self.alpha / (math.sqrt(self.rank) if self.use_rslora else self.rank)
+
+    def parts(self) -> tuple[str, ...]:
+        """The ``nn.MultiheadAttention`` projections to adapt."""
+        if self.mha_parts is None:
+            return ('q', 'v') if self.target_modules is None else MHA_PARTS
+        return tuple(p for p in MHA_PARTS if p in set(self.mha_parts))
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoRAOptions(LoRAConfig, NormEvalOption):
+    """Options of the :class:`LoRA` tuner: :class:`LoRAConfig`, and
+
+    Attributes:
+        layers: indices of ``stack.layers`` to restrict the search to (None:
+            the whole stack, input stage included).
+        norm_eval: see :class:`~sherl_mm.tuners.options.NormEvalOption`.
+    """
+
+    layers: list[int] | int | None = option(None, layer_indices)
+
+
 def default_lora_targets(name: str, module: nn.Module) -> bool:
     """The default ``target_modules``: query/value Linear layers, fused qkv
     Linear layers and every ``nn.MultiheadAttention`` (its q and v parts)."""
@@ -63,19 +126,12 @@ def default_lora_targets(name: str, module: nn.Module) -> bool:
 
 
 class _LoRABase(InjectedModule):
-    def __init__(self, rank: int, alpha: float, use_rslora: bool) -> None:
-        super().__init__()
-        if int(rank) != rank or rank < 1:
-            raise ValueError(f'LoRA rank must be a positive integer, got {rank!r}')
-        self.rank = int(rank)
-        self.alpha = float(alpha)
-        self.scaling = self.alpha / (math.sqrt(self.rank) if use_rslora else self.rank)
-        self.merged = False
-        self.enabled = True
+    """A LoRA delta ``ΔW = B A · s`` of one target (LoRA Eq. (3): ``h = W₀x + ΔW x``)."""
 
-    @property
-    def active(self) -> bool:
-        return self.enabled and not self.merged
+    def __init__(self, config: LoRAConfig) -> None:
+        super().__init__()
+        self.rank, self.alpha, self.scaling = config.rank, float(config.alpha), config.scaling
+        self.merged = False
 
     def extra_repr(self) -> str:
         return f'rank={self.rank}, alpha={self.alpha:g}, scaling={self.scaling:g}, merged={self.merged}'
@@ -84,13 +140,12 @@ class _LoRABase(InjectedModule):
 class LoRALinear(_LoRABase):
     """LoRA delta of an ``nn.Linear``, attached as its ``lora`` child."""
 
-    def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float = 0.0,
-                 use_rslora: bool = False) -> None:
-        super().__init__(rank, alpha, use_rslora)
+    def __init__(self, base: nn.Linear, config: LoRAConfig) -> None:
+        super().__init__(config)
         kw = dict(device=base.weight.device, dtype=base.weight.dtype)
         self.lora_A = nn.Parameter(torch.empty(self.rank, base.in_features, **kw))
         self.lora_B = nn.Parameter(torch.empty(base.out_features, self.rank, **kw))
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -101,7 +156,7 @@ class LoRALinear(_LoRABase):
         return (self.lora_B @ self.lora_A) * self.scaling
 
     def forward_hook(self, module: nn.Linear, args: tuple, kwargs: dict, output: Tensor) -> Tensor | None:
-        if not self.active:
+        if self.merged:
             return None
         x = args[0] if args else kwargs['input']
         delta = F.linear(F.linear(self.dropout(x.to(self.lora_A.dtype)), self.lora_A), self.lora_B)
@@ -124,17 +179,16 @@ class LoRAConv2d(_LoRABase):
     """LoRA delta of an ``nn.Conv2d``: a ``r``-channel conv with the target's
     geometry followed by a 1x1 conv; attached as the target's ``lora`` child."""
 
-    def __init__(self, base: nn.Conv2d, rank: int, alpha: float, dropout: float = 0.0,
-                 use_rslora: bool = False) -> None:
+    def __init__(self, base: nn.Conv2d, config: LoRAConfig) -> None:
         if base.groups != 1:
             raise ValueError(f'LoRA supports nn.Conv2d with groups=1 only, got groups={base.groups}')
         if base.padding_mode != 'zeros':
             raise ValueError(f"LoRA supports nn.Conv2d with padding_mode='zeros' only, got {base.padding_mode!r}")
-        super().__init__(rank, alpha, use_rslora)
+        super().__init__(config)
         kw = dict(device=base.weight.device, dtype=base.weight.dtype)
         self.lora_A = nn.Parameter(torch.empty(self.rank, base.in_channels, *base.kernel_size, **kw))
         self.lora_B = nn.Parameter(torch.empty(base.out_channels, self.rank, 1, 1, **kw))
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -145,7 +199,7 @@ class LoRAConv2d(_LoRABase):
         return torch.einsum('or,rikl->oikl', self.lora_B[:, :, 0, 0], self.lora_A) * self.scaling
 
     def forward_hook(self, module: nn.Conv2d, args: tuple, kwargs: dict, output: Tensor) -> Tensor | None:
-        if not self.active:
+        if self.merged:
             return None
         x = args[0] if args else kwargs['input']
         h = F.conv2d(self.dropout(x.to(self.lora_A.dtype)), self.lora_A, None, module.stride, module.padding,
@@ -160,13 +214,9 @@ class LoRAMultiheadAttention(_LoRABase):
     """LoRA deltas of the projections of an ``nn.MultiheadAttention`` (parts
     ``q``, ``k``, ``v``, ``out``), applied in weight space for each call."""
 
-    def __init__(self, base: nn.MultiheadAttention, parts: Iterable[str], rank: int, alpha: float,
-                 use_rslora: bool = False) -> None:
-        super().__init__(rank, alpha, use_rslora)
+    def __init__(self, base: nn.MultiheadAttention, parts: Iterable[str], config: LoRAConfig) -> None:
+        super().__init__(config)
         self.parts = tuple(p for p in MHA_PARTS if p in set(parts))
-        unknown = set(parts) - set(MHA_PARTS)
-        if unknown or not self.parts:
-            raise ValueError(f'mha_parts must be a non-empty subset of {MHA_PARTS}, got {sorted(set(parts))}')
         self.fused = bool(base._qkv_same_embed_dim)
         embed = base.embed_dim
         in_dims = dict(q=embed, k=base.kdim, v=base.vdim, out=embed)
@@ -205,7 +255,7 @@ class LoRAMultiheadAttention(_LoRABase):
         return out
 
     def pre_hook(self, module: nn.MultiheadAttention, args: tuple) -> None:
-        if not self.active:
+        if self.merged:
             return
         self.restore_hook(module, args, None)
         for owner, name, delta in self.deltas(module):
@@ -255,36 +305,33 @@ def _resolve(name: str, module: nn.Module, parents: dict[int, nn.Module]) -> tup
     return 'unsupported', module, None
 
 
-def inject_lora(module: nn.Module, targets: Targets | None = None, rank: int = 8, alpha: float = 8.0,
-                dropout: float = 0.0, *, use_rslora: bool = False, mha_parts: Sequence[str] | None = None,
-                prefix: str = '', strict: bool = True) -> list[str]:
+def inject_lora(module: nn.Module, targets: Targets | None = None, *, prefix: str = '', strict: bool = True,
+                **options: Any) -> list[str]:
     """Add LoRA to the modules of ``module`` that ``targets`` names, in place.
 
     Args:
         module: where to look (a stack, one layer, any ``nn.Module``).
-        targets: a regex (``re.fullmatch`` on names), a list of names / dotted
-            name suffixes, a predicate ``(name, module) -> bool``,
-            ``'all-linear'`` (every Linear and MultiheadAttention), or None for
-            :func:`default_lora_targets` (query/value projections).
-        rank, alpha, dropout: LoRA's ``r``, ``α`` (scaling ``α/r``) and the
-            dropout on the LoRA branch's input (Linear/Conv2d only).
-        use_rslora: scale by ``α/√r`` instead (rsLoRA).
-        mha_parts: which projections of an ``nn.MultiheadAttention`` get LoRA;
-            default ``('q', 'v')`` under the default targets, else all of
-            ``('q', 'k', 'v', 'out')`` (PEFT adapts in_proj and out_proj).
+        targets: ``target_modules`` of :class:`LoRAConfig`.
         prefix: put in front of the module names (``'layers.3'``).
         strict: raise when nothing matches (else return ``[]``).
+        **options: the other :class:`LoRAConfig` options (``rank``, ``alpha`` ...).
+
+    Returns the names of the matched modules (see :func:`apply_lora`).
+    """
+    config = LoRAConfig.parse(dict(options, target_modules=targets), 'LoRA')
+    return apply_lora(module, config, prefix=prefix, strict=strict)
+
+
+def apply_lora(module: nn.Module, config: LoRAConfig, prefix: str = '', strict: bool = True) -> list[str]:
+    """Add LoRA as ``config`` says to the modules of ``module`` it targets, in place.
 
     Returns the names of the matched modules. Newly created parameters require
-    grad; the caller freezes the rest. Raises ``ValueError`` when a matched
-    module has an unsupported type or already has LoRA.
+    grad; the caller freezes the rest. Raises ``ValueError`` when nothing
+    matches (with ``strict``), or when a matched module has an unsupported
+    type or already has LoRA.
     """
-    if mha_parts is None:
-        mha_parts = ('q', 'v') if targets is None else MHA_PARTS
-    mha_parts = tuple(mha_parts)
-    shown, targets = targets, (_all_linear if targets == 'all-linear' else targets)
-    if not set(mha_parts) <= set(MHA_PARTS) or not mha_parts:
-        raise ValueError(f'mha_parts must be a non-empty subset of {MHA_PARTS}, got {mha_parts!r}')
+    shown = config.target_modules
+    targets = _all_linear if shown == 'all-linear' else shown
     matched = match_modules(module, default_lora_targets if targets is None else targets, prefix)
     if not matched:
         if strict:
@@ -304,18 +351,18 @@ def inject_lora(module: nn.Module, targets: Targets | None = None, rank: int = 8
             raise ValueError(f'LoRA: {name!r} already has LoRA (inject_lora applied twice?)')
         if kind == 'mha':
             entry = mha.setdefault(id(target), [target, set()])
-            entry[1].update([part] if part else mha_parts)
+            entry[1].update([part] if part else config.parts())
         else:
             linear.append((kind, target))
-    if dropout and mha:
+    if config.dropout and mha:
         warnings.warn('LoRA dropout is not applied to nn.MultiheadAttention targets (their delta is added to the '
                       'fused weight)', stacklevel=2)
     for kind, target in linear:
         cls = LoRALinear if kind == 'linear' else LoRAConv2d
-        target.lora = cls(target, rank, alpha, dropout, use_rslora)
+        target.lora = cls(target, config)
         target.lora.hook_ids.append(target.register_forward_hook(target.lora.forward_hook, with_kwargs=True).id)
     for target, parts in mha.values():
-        target.lora = LoRAMultiheadAttention(target, parts, rank, alpha, use_rslora)
+        target.lora = LoRAMultiheadAttention(target, parts, config)
         target.lora.hook_ids.append(target.register_forward_pre_hook(target.lora.pre_hook).id)
         target.lora.hook_ids.append(target.register_forward_hook(target.lora.restore_hook, always_call=True).id)
     return [name for name, _ in matched]
@@ -338,12 +385,6 @@ def unmerge_lora(module: nn.Module) -> None:
         lora.unmerge(target)
 
 
-def set_lora_enabled(module: nn.Module, enabled: bool) -> None:
-    """Switch every unmerged LoRA under ``module`` on or off (off = frozen network)."""
-    for _, lora in lora_modules(module):
-        lora.enabled = enabled
-
-
 def remove_lora(module: nn.Module, merge: bool = True) -> None:
     """Take every LoRA out of ``module``: fold its delta in first when
     ``merge`` (PEFT's ``merge_and_unload``), else drop it (``unload``)."""
@@ -357,46 +398,36 @@ def remove_lora(module: nn.Module, merge: bool = True) -> None:
 
 
 @TUNERS.register_module()
-class LoRA(FrozenStackTuner):
+class LoRA(BaseTuner):
     """LoRA on the frozen stack: only the low-rank factors train.
 
     Args:
         stack: the backbone stack or its BACKBONES config.
-        rank: ``r`` (default 8).
-        alpha: ``α``; the update is scaled by ``α/r`` (default 8, PEFT's).
-        dropout: dropout on the LoRA branch input (Linear/Conv2d targets).
-        target_modules: regex (full match on names inside the stack, e.g.
-            ``r'layers\\.\\d+\\.self_attn'``), list of names or name suffixes
-            (``['query', 'value']``), ``'all-linear'`` (every Linear and
-            MultiheadAttention), or None: query/value projections (see
-            :func:`default_lora_targets`).
-        layers: indices of ``stack.layers`` to restrict the search to (None:
-            the whole stack, input stage included).
-        use_rslora: scale by ``α/√r``.
-        mha_parts: projections of ``nn.MultiheadAttention`` targets to adapt.
-        norm_eval: keep BatchNorm statistics of the stack frozen in training.
+        **options: :class:`LoRAOptions` (``rank``, ``alpha``, ``dropout``,
+            ``target_modules``, ``layers``, ``use_rslora``, ``mha_parts``,
+            ``norm_eval``).
     """
 
-    def __init__(self, stack: BackboneStack | dict, rank: int = 8, alpha: float = 8.0, dropout: float = 0.0,
-                 target_modules: Targets | None = None, layers: Sequence[int] | None = None,
-                 use_rslora: bool = False, mha_parts: Sequence[str] | None = None, norm_eval: bool = True,
-                 init_cfg: dict | None = None) -> None:
-        super().__init__(stack, norm_eval=norm_eval, init_cfg=init_cfg)
-        targets = target_modules
-        self.tuner_cfg = dict(type='LoRA', rank=rank, alpha=alpha, dropout=dropout, target_modules=target_modules,
-                              layers=None if layers is None else list(layers), use_rslora=use_rslora,
-                              mha_parts=None if mha_parts is None else list(mha_parts))
-        self.targeted: list[str] = []
-        roots = layer_roots(self.stack, layers)
-        for root, prefix in roots:
-            self.targeted += inject_lora(root, targets, rank, alpha, dropout, use_rslora=use_rslora,
-                                         mha_parts=mha_parts, prefix=prefix, strict=False)
+    options_class = LoRAOptions
+    options: LoRAOptions
+
+    def __init__(self, stack: BackboneStack | dict, init_cfg: dict | None = None, **options: Any) -> None:
+        super().__init__(stack, init_cfg=init_cfg, **options)
+        config = self.options
+        self.targeted, roots = inject_into_layers(
+            self.stack, config.layers, lambda root, prefix: apply_lora(root, config, prefix, strict=False))
         if not self.targeted:
-            where = 'the stack' if layers is None else f'layers {layers}'
+            shown = config.target_modules
+            where = 'the stack' if config.layers is None else f'layers {config.layers}'
             root, prefix = roots[0]
-            raise ValueError(f'LoRA: target_modules={target_modules!r}{_DEFAULT_HINT if target_modules is None else ""}'
-                             f' matched no module in {where} of '
-                             f'{type(self.stack).__name__}; {describe_modules(root, prefix, SUPPORTED_TYPES)}')
+            raise ValueError(f'LoRA: target_modules={shown!r}{_DEFAULT_HINT if shown is None else ""} matched no '
+                             f'module in {where} of {type(self.stack).__name__}; '
+                             f'{describe_modules(root, prefix, SUPPORTED_TYPES)}')
+
+    def forward(self, *inputs: Any, late_context: dict | None = None, return_intermediates: bool = False,
+                **kwargs: Any) -> StackOutput:
+        """The stack's plain route; the LoRA deltas act through their hooks."""
+        return self.stack(*inputs, return_intermediates=return_intermediates, **kwargs)
 
     def merge(self) -> None:
         """Fold ``ΔW`` into the frozen weights (exact up to rounding)."""
@@ -412,5 +443,5 @@ class LoRA(FrozenStackTuner):
         return self.stack
 
 
-__all__ = ['LoRA', 'LoRAConv2d', 'LoRALinear', 'LoRAMultiheadAttention', 'default_lora_targets', 'inject_lora',
-           'lora_modules', 'merge_lora', 'remove_lora', 'set_lora_enabled', 'unmerge_lora']
+__all__ = ['LoRA', 'LoRAConfig', 'LoRAConv2d', 'LoRALinear', 'LoRAMultiheadAttention', 'LoRAOptions', 'apply_lora',
+           'default_lora_targets', 'inject_lora', 'lora_modules', 'merge_lora', 'remove_lora', 'unmerge_lora']

@@ -1,4 +1,4 @@
-"""Ladder Side-Tuning (Sung et al., NeurIPS 2022), METHOD.md section 4.
+"""Ladder Side-Tuning (LST, Sung et al., NeurIPS 2022), Sec. 3 of the LST paper.
 
 The backbone runs frozen under ``torch.no_grad()``; a side network of width
 ``d = D // reduction`` reads it through gated ladders and its up-projected
@@ -27,13 +27,14 @@ Side layers by ``side_layer`` (``'auto'`` picks from the stack):
   first down- and final up-projection are 1x1 convs, and there is no final norm.
 
 Side weights use PyTorch's default init (LST initialises them from a pruned
-copy of the backbone, which is not reproduced). This is the official design
-(T5 / CLIP-ViL) applied per stack; no LST-for-MDETR code exists (METHOD.md 4.3).
+copy of the backbone, which is not reproduced). This is the authors' design
+for T5 / CLIP-ViL applied per stack; they released no LST for MDETR
+(docs/tuners.md).
 """
 from __future__ import annotations
 
-import copy
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -42,8 +43,9 @@ from torch import Tensor, nn
 from sherl_mm.backbones.base import BackboneStack, StackOutput
 from sherl_mm.registry import TUNERS
 
-from ._common import FrozenStackTuner, check_output_width
-from .sherl import _stack_widths
+from .base import BaseTuner
+from .layers import check_output_width, stack_widths
+from .options import NormEvalOption, SideWidthOption, flag, layer_indices, number, one_of, option
 
 SIDE_LAYERS = ('auto', 'encoder', 'decoder', 'conv')
 _CROSS_NAMES = ('cross_attn', 'multihead_attn', 'encdecattention', 'crossattention', 'cross_attention')
@@ -71,20 +73,19 @@ def lst_gate(alpha: Tensor, temperature: float) -> Tensor:
     return torch.sigmoid(alpha / temperature)
 
 
-@TUNERS.register_module()
-class LST(FrozenStackTuner):
-    """Ladder side network on one backbone stack.
+@dataclass(frozen=True, kw_only=True)
+class LSTOptions(SideWidthOption, NormEvalOption):
+    """Options of :class:`LST`.
 
-    Args:
-        stack: the backbone stack or its BACKBONES config.
+    Attributes:
         reduction: ``r``, side width ``d = D // r`` (default 8); or ``side_width``.
         drop_layers: layer indices without ladder and side layer.
         side_layer: ``'auto'``, ``'encoder'``, ``'decoder'`` or ``'conv'``.
         num_heads: heads of the side attention (default: the largest of 8, 4,
             2, 1 dividing ``d``).
         feedforward_channels: side FFN width (default ``4 d``).
-        dropout: dropout inside the side transformer layers.
-        temperature, alpha_init: the ladder gates ``σ(α/T)``.
+        dropout: dropout inside the side transformer layers, in [0, 1) (default 0.1).
+        temperature, alpha_init: the ladder gates ``σ(α/T)`` (default 0.1, 0).
         final_norm: ``LN_d`` before the up-projection (token stacks).
         out_channels: ``D_out`` of the up-projection (default: last layer width).
         finalize_output: apply the stack's output stage to the up-projected
@@ -93,67 +94,87 @@ class LST(FrozenStackTuner):
         bias: biases of the down/ladder/up projections (CLIP-ViL's LST: False).
         memory_width: width of the memory that ``memory_down`` projects
             (decoder side layers; default: the stack's input width).
-        norm_eval: keep the stack's BatchNorm statistics frozen in training.
+        norm_eval: see :class:`~sherl_mm.tuners.options.NormEvalOption`.
+    """
+
+    default_reduction = 8
+
+    drop_layers: list[int] | int | None = option(None, layer_indices)
+    side_layer: str = option('auto', one_of(*SIDE_LAYERS))
+    num_heads: int | None = option(None, number(1, integer=True))
+    feedforward_channels: int | None = option(None, number(1, integer=True))
+    dropout: float = option(0.1, number(0, 1, high_open=True))
+    temperature: float = option(0.1, number(0, low_open=True))
+    alpha_init: float = option(0.0, number())
+    final_norm: bool = option(True, flag)
+    out_channels: int | None = option(None, number(1, integer=True))
+    finalize_output: bool = option(True, flag)
+    bias: bool = option(True, flag)
+    memory_width: int | None = option(None, number(1, integer=True))
+
+
+@TUNERS.register_module()
+class LST(BaseTuner):
+    """Ladder side network on one backbone stack.
+
+    Args:
+        stack: the backbone stack or its BACKBONES config.
+        **options: :class:`LSTOptions`.
 
     Returns ``StackOutput(hidden=Up(side), frozen=<last frozen layer output>,
     side=<side state, width d>, intermediates=<frozen layer outputs>)``.
     """
 
-    def __init__(self, stack: BackboneStack | dict, reduction: float = 8, side_width: int | None = None,
-                 drop_layers: Sequence[int] | None = None, side_layer: str = 'auto', num_heads: int | None = None,
-                 feedforward_channels: int | None = None, dropout: float = 0.1, temperature: float = 0.1,
-                 alpha_init: float = 0.0, final_norm: bool = True, out_channels: int | None = None,
-                 finalize_output: bool = True, bias: bool = True, memory_width: int | None = None,
-                 norm_eval: bool = True, init_cfg: dict | None = None) -> None:
-        super().__init__(stack, norm_eval=norm_eval, init_cfg=init_cfg)
-        stack = self.stack
+    options_class = LSTOptions
+    options: LSTOptions
+
+    def __init__(self, stack: BackboneStack | dict, init_cfg: dict | None = None, **options: Any) -> None:
+        super().__init__(stack, init_cfg=init_cfg, **options)
+        config, stack = self.options, self.stack
         n = stack.num_layers
-        self.tuner_cfg = dict(type='LST', reduction=reduction, side_width=side_width,
-                              drop_layers=copy.deepcopy(drop_layers), side_layer=side_layer, num_heads=num_heads,
-                              feedforward_channels=feedforward_channels, dropout=dropout, temperature=temperature,
-                              alpha_init=alpha_init, final_norm=final_norm, out_channels=out_channels,
-                              finalize_output=finalize_output, bias=bias, memory_width=memory_width)
-        if side_layer not in SIDE_LAYERS:
-            raise ValueError(f'LST: side_layer must be one of {SIDE_LAYERS}, got {side_layer!r}')
-        input_width, widths = _stack_widths(stack, 'LST')
+        input_width, widths = stack_widths(stack, 'LST')
         feature_map = stack.layout == 'feature_map'
+        side_layer = config.side_layer
         if side_layer == 'auto':
             side_layer = 'conv' if feature_map else ('decoder' if has_cross_attention(stack) else 'encoder')
         if feature_map != (side_layer == 'conv'):
             raise ValueError(f"LST: side_layer={side_layer!r} does not fit {type(stack).__name__} (layout "
                              f"{stack.layout!r}); use 'conv' for feature maps, 'encoder'/'decoder' for tokens")
-        dropped = sorted({stack.check_layer_index(int(i), 'drop_layers') for i in (drop_layers or [])})
+        drop = config.drop_layers
+        drop = [] if drop is None else [drop] if isinstance(drop, int) else list(drop)
+        dropped = sorted({stack.check_layer_index(i, 'drop_layers') for i in drop})
         self.kept = [i for i in range(n) if i not in dropped]
         if not self.kept:
-            raise ValueError(f'LST: drop_layers {list(drop_layers)} drops every layer of the {n}-layer stack')
-        d = int(side_width) if side_width is not None else max(1, int(widths[-1] // reduction))
-        self.side_width, self.side_layer, self.temperature = d, side_layer, float(temperature)
-        self.finalize_output = finalize_output
-        out = check_output_width('LST', out_channels, widths[-1], finalize_output)
+            raise ValueError(f'LST: drop_layers {drop} drops every layer of the {n}-layer stack')
+        d = config.side_width_for(widths[-1], 'LST')
+        self.side_width, self.side_layer, self.temperature = d, side_layer, float(config.temperature)
+        self.finalize_output = config.finalize_output
+        out = check_output_width('LST', config.out_channels, widths[-1], config.finalize_output)
+        num_heads = config.num_heads
         if num_heads is None:
             num_heads = next(h for h in (8, 4, 2, 1) if d % h == 0)
         elif d % num_heads:
             raise ValueError(f'LST: side width {d} is not divisible by num_heads={num_heads}')
-        ffn = feedforward_channels or 4 * d
+        ffn = config.feedforward_channels or 4 * d
 
         def proj(cin: int, cout: int) -> nn.Module:
-            return nn.Conv2d(cin, cout, 1, bias=bias) if feature_map else nn.Linear(cin, cout, bias=bias)
+            return nn.Conv2d(cin, cout, 1, bias=config.bias) if feature_map else nn.Linear(cin, cout, bias=config.bias)
 
         self.side_first_downsample = proj(input_width, d)
         self.side_downsamples = nn.ModuleDict({str(i): proj(widths[i], d) for i in self.kept})
-        self.side_gates = nn.ParameterDict({str(i): nn.Parameter(torch.full((1,), float(alpha_init)))
+        self.side_gates = nn.ParameterDict({str(i): nn.Parameter(torch.full((1,), float(config.alpha_init)))
                                             for i in self.kept})
         if side_layer == 'conv':
             layers = {str(i): ConvSideLayer(d) for i in self.kept}
         elif side_layer == 'encoder':
-            layers = {str(i): nn.TransformerEncoderLayer(d, num_heads, ffn, dropout, batch_first=True)
+            layers = {str(i): nn.TransformerEncoderLayer(d, num_heads, ffn, config.dropout, batch_first=True)
                       for i in self.kept}
         else:
-            layers = {str(i): nn.TransformerDecoderLayer(d, num_heads, ffn, dropout, batch_first=True)
+            layers = {str(i): nn.TransformerDecoderLayer(d, num_heads, ffn, config.dropout, batch_first=True)
                       for i in self.kept}
         self.side_layers = nn.ModuleDict(layers)
-        self.memory_down = nn.Linear(memory_width or input_width, d) if side_layer == 'decoder' else None
-        self.side_final_norm = nn.LayerNorm(d) if final_norm and not feature_map else None
+        self.memory_down = nn.Linear(config.memory_width or input_width, d) if side_layer == 'decoder' else None
+        self.side_final_norm = nn.LayerNorm(d) if config.final_norm and not feature_map else None
         self.side_final_upsample = proj(d, out)
 
     def gate(self, index: int) -> Tensor:

@@ -15,7 +15,8 @@ length. The layers see a context extended for the extra tokens by
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -23,7 +24,8 @@ from torch import Tensor, nn
 from sherl_mm.backbones.base import BackboneStack, StackOutput
 from sherl_mm.registry import TUNERS
 
-from ._common import FrozenStackTuner
+from .base import BaseTuner
+from .options import NormEvalOption, OptionError, layer_indices, number, one_of, option
 
 MODES = ('input', 'deep')
 POLICIES = ('zeros', 'ones', 'keep')
@@ -108,7 +110,7 @@ def prepend_tokens(stack: BackboneStack, hidden: Tensor, context: Mapping[str, A
     for key, value in context.items():
         rule = rules.get(key)
         if rule is not None and rule not in POLICIES:
-            raise ValueError(f'PromptTuning(context_policies): policy for {key!r} must be one of {POLICIES}, '
+            raise ValueError(f'prepend_tokens: policy for context key {key!r} must be one of {POLICIES}, '
                              f'got {rule!r}')
         if rule == 'keep' or value is None:
             continue
@@ -146,59 +148,77 @@ def strip_tokens(hidden: Tensor, num: int) -> Tensor:
     return hidden[:, num:]
 
 
-@TUNERS.register_module()
-class PromptTuning(FrozenStackTuner):
-    """Learnable prompt tokens for a frozen token stack.
+def _policies(value: Any) -> str | None:
+    if isinstance(value, Mapping) and all(p in POLICIES for p in value.values()):
+        return None
+    return f'must be a dict of context key -> one of {list(POLICIES)}'
 
-    Args:
-        stack: the backbone stack (``layout='tokens'``) or its config.
+
+@dataclass(frozen=True, kw_only=True)
+class PromptTuningOptions(NormEvalOption):
+    """Options of :class:`PromptTuning`.
+
+    Attributes:
         num_tokens: ``P`` prompts per layer (default 10).
         mode: ``'input'`` (shallow) or ``'deep'`` (VPT-deep).
         layers: ``'deep'`` only: the layers that get fresh prompts (default
             all); the prompts enter before the first one.
-        init_std: prompts start as ``N(0, init_std²)``.
-        dropout: dropout on the prompts (VPT uses 0.1).
+        init_std: prompts start as ``N(0, init_std²)`` (default 0.02).
+        dropout: dropout on the prompts, in [0, 1) (VPT uses 0.1; default 0).
         dim: prompt width when the stack does not define ``input_width``.
         context_policies: how to extend context entries the default rules do
             not know (see :func:`prepend_tokens`).
-        norm_eval: keep BatchNorm statistics of the stack frozen in training.
+        norm_eval: see :class:`~sherl_mm.tuners.options.NormEvalOption`.
     """
 
-    def __init__(self, stack: BackboneStack | dict, num_tokens: int = 10, mode: str = 'input',
-                 layers: Sequence[int] | None = None, init_std: float = 0.02, dropout: float = 0.0,
-                 dim: int | None = None, context_policies: Mapping[str, str] | None = None,
-                 norm_eval: bool = True, init_cfg: dict | None = None) -> None:
-        super().__init__(stack, norm_eval=norm_eval, init_cfg=init_cfg)
-        stack = self.stack
+    num_tokens: int = option(10, number(1, integer=True))
+    mode: str = option('input', one_of(*MODES))
+    layers: list[int] | int | None = option(None, layer_indices)
+    init_std: float = option(0.02, number(0))
+    dropout: float = option(0.0, number(0, 1, high_open=True))
+    dim: int | None = option(None, number(1, integer=True))
+    context_policies: dict[str, str] | None = option(None, _policies)
+
+    def check(self) -> None:
+        super().check()
+        if self.mode == 'input' and self.layers is not None:
+            raise OptionError('layers', f"={self.layers!r}: only applies to mode='deep' (mode='input' prompts enter "
+                                        f'before layer 0)')
+
+
+@TUNERS.register_module()
+class PromptTuning(BaseTuner):
+    """Learnable prompt tokens for a frozen token stack.
+
+    Args:
+        stack: the backbone stack (``layout='tokens'``) or its config.
+        **options: :class:`PromptTuningOptions`.
+    """
+
+    options_class = PromptTuningOptions
+    options: PromptTuningOptions
+
+    def __init__(self, stack: BackboneStack | dict, init_cfg: dict | None = None, **options: Any) -> None:
+        super().__init__(stack, init_cfg=init_cfg, **options)
+        stack, config = self.stack, self.options
         if stack.layout != 'tokens':
             raise ValueError(f'PromptTuning needs a token stack; {type(stack).__name__} has '
                              f'layout={stack.layout!r} (prompt tokens cannot be prepended to feature maps). '
                              f'Use LoRA, Adapter or BitFit for this stack')
-        if mode not in MODES:
-            raise ValueError(f'PromptTuning: mode must be one of {MODES}, got {mode!r}')
-        if int(num_tokens) != num_tokens or num_tokens < 1:
-            raise ValueError(f'PromptTuning: num_tokens must be a positive integer, got {num_tokens!r}')
-        if mode == 'input' and layers is not None:
-            raise ValueError("PromptTuning: layers only applies to mode='deep' (mode='input' prompts enter "
-                             'before layer 0)')
-        self.layer_ids = [0] if mode == 'input' else (
+        layers = [config.layers] if isinstance(config.layers, int) else config.layers
+        self.layer_ids = [0] if config.mode == 'input' else (
             list(range(stack.num_layers)) if layers is None else
-            sorted({stack.check_layer_index(int(i), 'layers') for i in layers}))
+            sorted({stack.check_layer_index(i, 'layers') for i in layers}))
         if not self.layer_ids:
             raise ValueError('PromptTuning: layers is empty')
-        if dim is None:
-            dim = self._stack_width()
-        self.num_tokens, self.mode, self.dim = int(num_tokens), mode, int(dim)
-        self.context_policies = dict(context_policies or {})
-        self.init_std = init_std
+        self.num_tokens, self.mode = config.num_tokens, config.mode
+        self.dim = config.dim if config.dim is not None else self._stack_width()
+        self.context_policies = dict(config.context_policies or {})
         ref = next(stack.parameters(), None)
         self.prompts = nn.Parameter(torch.empty(len(self.layer_ids), self.num_tokens, self.dim,
                                                 device=None if ref is None else ref.device,
                                                 dtype=None if ref is None else ref.dtype))
-        self.prompt_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.tuner_cfg = dict(type='PromptTuning', num_tokens=num_tokens, mode=mode,
-                              layers=None if layers is None else list(layers), init_std=init_std, dropout=dropout,
-                              dim=dim, context_policies=self.context_policies)
+        self.prompt_dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         self.reset_parameters()
 
     def _stack_width(self) -> int:
@@ -214,7 +234,7 @@ class PromptTuning(FrozenStackTuner):
         return used.pop()
 
     def reset_parameters(self) -> None:
-        nn.init.normal_(self.prompts, std=self.init_std)
+        nn.init.normal_(self.prompts, std=self.options.init_std)
 
     def prompt_tokens(self, slot: int, batch: int) -> Tensor:
         """The prompts of ``self.layer_ids[slot]`` for a batch, ``(B, P, D)``."""
@@ -261,4 +281,4 @@ class PromptTuning(FrozenStackTuner):
                            intermediates=intermediates if return_intermediates else None)
 
 
-__all__ = ['DEFAULT_POLICIES', 'PromptTuning', 'extend_attention_mask', 'prepend_tokens', 'strip_tokens']
+__all__ = ['DEFAULT_POLICIES', 'PromptTuning', 'PromptTuningOptions', 'extend_attention_mask', 'prepend_tokens', 'strip_tokens']

@@ -1,4 +1,4 @@
-"""UniPT (Diao et al., CVPR 2024), the generic module of METHOD.md section 3.1.
+"""UniPT (Diao et al., CVPR 2024), its generic module (Sec. 3.2-3.3 of the UniPT paper).
 
 The whole backbone runs frozen under ``torch.no_grad()``; the UniPT module
 reads the selected hidden states and its output *replaces* the stack's output
@@ -22,7 +22,7 @@ output is rolled back to ``(B, D_out, H, W)``. This is a simplification, not
 the authors' CNN UniPT (their unfold/fold spatial re-weighting is not
 implemented).
 
-The MDETR form of section 3.2 (decoder side cross-attending to the encoder
+The authors' MDETR form (decoder side cross-attending to the encoder
 side memory, per-layer crossers, four head outputs) is
 :class:`~sherl_mm.tuners.unipt_mdetr.UniPTMDETR`; it shares
 :func:`linear_attention`, :func:`masked_mean`, :func:`down_projection` and
@@ -30,7 +30,7 @@ side memory, per-layer crossers, four head outputs) is
 """
 from __future__ import annotations
 
-import copy
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
@@ -40,9 +40,10 @@ from torch import Tensor, nn
 from sherl_mm.backbones.base import BackboneStack, StackOutput
 from sherl_mm.registry import MODELS, TUNERS
 
-from ._common import FrozenStackTuner, check_output_width
+from .base import BaseTuner
+from .layers import INPUT, check_output_width, resolve_selection, stack_widths
 from .mtsa import l1norm
-from .sherl import INPUT, _stack_widths, resolve_selection
+from .options import LayerSelection, NormEvalOption, SideWidthOption, flag, number, option
 
 
 def masked_mean(x: Tensor, valid: Tensor | None) -> Tensor:
@@ -73,8 +74,8 @@ def down_projection(in_width: int, side_width: int, norm_eps: float = 1e-5) -> n
 
 def merge_by_confidence(anchor: Tensor, targets: Sequence[Tensor], gate: nn.Module, valid: Tensor | None = None,
                         eps: float = 1e-8) -> Tensor:
-    """UniPT's parallel interaction + confidence aggregation ``Σ_j π_j Mg_j``
-    (METHOD.md 3.1): ``Mg_j = linear_attention(A, T_j, valid) (+ I)``,
+    """UniPT's parallel interaction + confidence aggregation ``Σ_j π_j Mg_j``:
+    ``Mg_j = linear_attention(A, T_j, valid) (+ I)``,
     ``π = softmax_j(gate(a ⊙ t_j))`` with ``a``, ``t_j`` the masked token means.
 
     Args:
@@ -97,7 +98,7 @@ def merge_by_confidence(anchor: Tensor, targets: Sequence[Tensor], gate: nn.Modu
 
 @MODELS.register_module()
 class UniPTModule(nn.Module):
-    """UniPT's parallel interaction + confidence aggregation (METHOD.md 3.1).
+    """UniPT's parallel interaction + confidence aggregation (UniPT paper Sec. 3.2-3.3).
 
     Args:
         in_channels: widths ``D_j`` of the ``N`` hidden states (anchor last).
@@ -132,12 +133,15 @@ class UniPTModule(nn.Module):
         return self.upsample_layer(self.fuse(feats, valid))
 
 
-@TUNERS.register_module()
-class UniPT(FrozenStackTuner):
-    """UniPT on one backbone stack; its output replaces the stack's output.
+def _context_key(value: Any) -> str | None:
+    return None if value is None or isinstance(value, str) else 'must be a context key (a string) or None'
 
-    Args:
-        stack: the backbone stack or its BACKBONES config.
+
+@dataclass(frozen=True, kw_only=True)
+class UniPTOptions(LayerSelection, SideWidthOption, NormEvalOption):
+    """Options of :class:`UniPT`.
+
+    Attributes:
         side_width: ``d``; or ``reduction``: ``d = D_last // reduction`` (default 2).
         out_channels: ``D_out`` (default: the last layer's width ``D``).
         select_layers: layer indices (and/or ``'input'``) whose outputs are
@@ -146,44 +150,55 @@ class UniPT(FrozenStackTuner):
         use_input: include the input stage's output (default: True when
             ``select_layers`` is None, else whether it lists ``'input'``).
         eps: ε of the row ℓ1-norm (default 1e-8, VSE∞).
-        mask_key: context key of the ``(B, K)`` padding mask (True = pad).
+        mask_key: context key of the ``(B, K)`` padding mask (True = pad);
+            None: every token counts.
         finalize_output: apply the stack's output stage to the UniPT output
             (default True, so the tuned stack returns what the plain one does,
             e.g. CLIP's projected embedding; VSE∞'s BERT has no output stage).
-        norm_eps: eps of the side LayerNorms.
-        norm_eval: keep the stack's BatchNorm statistics frozen in training.
+        norm_eps: eps of the side LayerNorms (default 1e-5).
+        norm_eval: see :class:`~sherl_mm.tuners.options.NormEvalOption`.
+    """
+
+    out_channels: int | None = option(None, number(1, integer=True))
+    eps: float = option(1e-8, number(0))
+    mask_key: str | None = option('key_padding_mask', _context_key)
+    finalize_output: bool = option(True, flag)
+    norm_eps: float = option(1e-5, number(0, low_open=True))
+
+
+@TUNERS.register_module()
+class UniPT(BaseTuner):
+    """UniPT on one backbone stack; its output replaces the stack's output.
+
+    Args:
+        stack: the backbone stack or its BACKBONES config.
+        **options: :class:`UniPTOptions`.
 
     Returns ``StackOutput(hidden=Up(A + Proj(Mg)), frozen=<last layer output>,
     side=A + Proj(Mg) (width d), intermediates=<frozen layer outputs>)``.
     """
 
-    def __init__(self, stack: BackboneStack | dict, side_width: int | None = None, reduction: float | None = None,
-                 out_channels: int | None = None, select_layers: Sequence[int | str] | None = None,
-                 use_input: bool | None = None, eps: float = 1e-8, mask_key: str = 'key_padding_mask',
-                 finalize_output: bool = True, norm_eps: float = 1e-5, norm_eval: bool = True,
-                 init_cfg: dict | None = None) -> None:
-        super().__init__(stack, norm_eval=norm_eval, init_cfg=init_cfg)
-        stack = self.stack
+    options_class = UniPTOptions
+    options: UniPTOptions
+
+    def __init__(self, stack: BackboneStack | dict, init_cfg: dict | None = None, **options: Any) -> None:
+        super().__init__(stack, init_cfg=init_cfg, **options)
+        config, stack = self.options, self.stack
         n = stack.num_layers
-        self.tuner_cfg = dict(type='UniPT', side_width=side_width, reduction=reduction, out_channels=out_channels,
-                              select_layers=copy.deepcopy(select_layers), use_input=use_input, eps=eps,
-                              mask_key=mask_key, finalize_output=finalize_output)
         if n < 1:
             raise ValueError(f'UniPT: {type(stack).__name__} has no layers')
-        if side_width is not None and reduction is not None:
-            raise ValueError(f'UniPT: give side_width or reduction, not both ({side_width}, {reduction})')
-        input_width, widths = _stack_widths(stack, 'UniPT')
-        self.use_input, selected = resolve_selection(stack, select_layers, use_input, n - 1, 'UniPT')
+        input_width, widths = stack_widths(stack, 'UniPT')
+        self.use_input, selected = resolve_selection(stack, config.select_layers, config.use_input, n - 1)
         self.selection: list[int | str] = ([INPUT] if self.use_input else []) + [i for i in selected if i < n - 1]
         self.selection.append(n - 1)
         if len(self.selection) < 2:
             raise ValueError(f"UniPT: select at least one earlier layer or 'input' besides the anchor "
-                             f'(the last layer); select_layers={select_layers}, use_input={use_input}')
+                             f'(the last layer); select_layers={config.select_layers}, use_input={config.use_input}')
         in_channels = [input_width if k == INPUT else widths[k] for k in self.selection]
-        d = int(side_width) if side_width is not None else max(1, int(widths[-1] // (reduction or 2)))
-        self.mask_key, self.finalize_output = mask_key, finalize_output
-        self.unipt = UniPTModule(in_channels, d, check_output_width('UniPT', out_channels, widths[-1], finalize_output),
-                                 eps=eps, norm_eps=norm_eps)
+        d = config.side_width_for(widths[-1], 'UniPT')
+        self.mask_key, self.finalize_output = config.mask_key, config.finalize_output
+        out = check_output_width('UniPT', config.out_channels, widths[-1], config.finalize_output)
+        self.unipt = UniPTModule(in_channels, d, out, eps=config.eps, norm_eps=config.norm_eps)
         self.needed = set(self.selection)
 
     def _valid(self, context: dict, tokens: int) -> Tensor | None:
@@ -229,4 +244,4 @@ class UniPT(FrozenStackTuner):
                            intermediates=intermediates if return_intermediates else None)
 
 
-__all__ = ['UniPT', 'UniPTModule', 'down_projection', 'linear_attention', 'masked_mean', 'merge_by_confidence']
+__all__ = ['UniPT', 'UniPTModule', 'UniPTOptions', 'down_projection', 'linear_attention', 'masked_mean', 'merge_by_confidence']

@@ -1,4 +1,4 @@
-"""UniPT in MDETR as its authors implemented it (UniPT (CVPR 2024), METHOD.md §3.2).
+"""UniPT in MDETR as its authors implemented it (UniPT, CVPR 2024; docs/tuners.md).
 
 One tuner type, one instance per transformer stack, told its ``role``::
 
@@ -30,8 +30,8 @@ parameters: 198,913 on the encoder, 249,217 + 33,536 (``up``) on the decoder.
 """
 from __future__ import annotations
 
-import copy
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -39,8 +39,9 @@ from torch import Tensor, nn
 from sherl_mm.backbones.base import BackboneStack, StackOutput
 from sherl_mm.registry import TUNERS
 
-from ._common import FrozenStackTuner
-from .sherl import _stack_widths
+from .base import BaseTuner
+from .layers import stack_widths
+from .options import NormEvalOption, OptionError, SideWidthOption, number, one_of, option
 from .unipt import down_projection, linear_attention, merge_by_confidence
 
 ROLES = ('encoder', 'decoder')
@@ -55,24 +56,52 @@ def _projection(side_width: int, hidden_width: int, norm_eps: float) -> nn.Seque
                          nn.LayerNorm(side_width, eps=norm_eps))
 
 
+def _feature_indices(value: Any) -> str | None:
+    items = list(value) if isinstance(value, (list, tuple)) else None
+    if not items or any(isinstance(i, bool) or not isinstance(i, int) for i in items) or len(set(items)) != len(items):
+        return 'must be a non-empty list of distinct integers'
+    return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class UniPTMDETROptions(SideWidthOption, NormEvalOption):
+    """Options of :class:`UniPTMDETR`.
+
+    Attributes:
+        role: ``'encoder'`` (its output ``hidden`` is ``side_img_memory``,
+            width ``d``) or ``'decoder'`` (reads that memory from
+            ``late_context['memory']``; returns the head inputs). Required.
+        side_width: ``d``; or ``reduction``: ``d = D // reduction`` (default 2,
+            MDETR: 256 // 2 = 128).
+        feature_indices: indices into ``[input, out_0, ..., out_{n-2}]`` of the
+            hidden states that interact with the anchor (default ``[1, 3, 5]``,
+            MDETR's: the outputs of layers 0, 2, 4). The anchor is always the
+            last layer.
+        eps: ε of the row ℓ1-norm of the linear attention (MDETR: 1e-7, the default).
+        norm_eps: eps of the side LayerNorms (default 1e-5).
+        norm_eval: see :class:`~sherl_mm.tuners.options.NormEvalOption`.
+    """
+
+    role: str | None = option(None, one_of(*ROLES))
+    feature_indices: list[int] = option((1, 3, 5), _feature_indices)
+    eps: float = option(1e-7, number(0))
+    norm_eps: float = option(1e-5, number(0, low_open=True))
+
+    def check(self) -> None:
+        super().check()
+        if self.role is None:
+            raise OptionError('role', "=None: must be 'encoder' or 'decoder'; in a model config give it per stack: "
+                                      "per_stack=dict(encoder=dict(role='encoder'), decoder=dict(role='decoder'))")
+
+
 @TUNERS.register_module()
-class UniPTMDETR(FrozenStackTuner):
-    """UniPT's MDETR form on one DETR transformer stack (UniPT (CVPR 2024), METHOD.md §3.2).
+class UniPTMDETR(BaseTuner):
+    """UniPT's MDETR form on one DETR transformer stack (UniPT, CVPR 2024).
 
     Args:
         stack: the encoder or decoder stack, or its BACKBONES config; every
             layer and its input must have the same width ``D``.
-        role: ``'encoder'`` (its output ``hidden`` is ``side_img_memory``,
-            width ``d``) or ``'decoder'`` (reads that memory from
-            ``late_context['memory']``; returns the head inputs).
-        side_width: ``d``; or ``reduction``: ``d = D // reduction`` (default 2,
-            MDETR: 256 // 2 = 128).
-        feature_indices: indices into ``[input, out_0, ..., out_{n-2}]`` of the
-            hidden states that interact with the anchor (MDETR: 1, 3, 5, the
-            outputs of layers 0, 2, 4). The anchor is always the last layer.
-        eps: ε of the row ℓ1-norm of the linear attention (MDETR: 1e-7).
-        norm_eps: eps of the side LayerNorms.
-        norm_eval: keep the stack's BatchNorm-like statistics frozen in training.
+        **options: :class:`UniPTMDETROptions` (``role`` is required).
 
     Returns, encoder: ``StackOutput(hidden=side_img_memory (B, S, d), frozen=
     <frozen encoder output> (B, S, D), side=side_img_memory)``; decoder:
@@ -81,48 +110,39 @@ class UniPTMDETR(FrozenStackTuner):
     (when asked for) are the frozen layer outputs.
     """
 
-    def __init__(self, stack: BackboneStack | dict, role: str | None = None, side_width: int | None = None,
-                 reduction: float | None = None, feature_indices: Sequence[int] = (1, 3, 5), eps: float = 1e-7,
-                 norm_eps: float = 1e-5, norm_eval: bool = True, init_cfg: dict | None = None) -> None:
-        super().__init__(stack, norm_eval=norm_eval, init_cfg=init_cfg)
-        stack = self.stack
+    options_class = UniPTMDETROptions
+    options: UniPTMDETROptions
+
+    def __init__(self, stack: BackboneStack | dict, init_cfg: dict | None = None, **options: Any) -> None:
+        super().__init__(stack, init_cfg=init_cfg, **options)
+        config, stack = self.options, self.stack
         name = type(stack).__name__
-        if role not in ROLES:
-            raise ValueError(f"UniPTMDETR: role must be 'encoder' or 'decoder', got {role!r}; in a model config "
-                             f"give it per stack: per_stack=dict(encoder=dict(role='encoder'), "
-                             f"decoder=dict(role='decoder'))")
         if stack.layout != 'tokens':
             raise ValueError(f'UniPTMDETR: {name} yields feature maps; the MDETR form needs a token stack (B, K, D)')
-        if side_width is not None and reduction is not None:
-            raise ValueError(f'UniPTMDETR: give side_width or reduction, not both ({side_width}, {reduction})')
         # one D everywhere: the same down-projection, Proj and up-projection shapes serve every hidden state
-        input_width, widths = _stack_widths(stack, 'UniPTMDETR')
+        input_width, widths = stack_widths(stack, 'UniPTMDETR')
         if len(set(widths) | {input_width}) != 1:
             raise ValueError(f'UniPTMDETR: {name} must have one width for its input and every layer (MDETR: 256), '
                              f'got input width {input_width} and layer widths {widths}')
         n = stack.num_layers
-        indices = list(feature_indices)
-        if (not indices or any(isinstance(i, bool) or not isinstance(i, int) for i in indices)
-                or len(set(indices)) != len(indices)):
-            raise ValueError(f'UniPTMDETR: feature_indices must be distinct integers, got {indices}')
+        indices = list(config.feature_indices)
         # index n would be the anchor itself (the last layer's output), so n must exceed every index
         if min(indices) < 0 or max(indices) >= n:
             raise ValueError(f'UniPTMDETR: feature_indices {indices} index [input, out_0, ..., out_{n - 2}] and '
                              f'the anchor is out_{n - 1}, so they must lie in 0..{n - 1}: the stack needs at least '
                              f'{max(indices) + 1} layers (MDETR: 6), {name} has {n}')
         width = input_width
-        d = int(side_width) if side_width is not None else max(1, int(width // (reduction or 2)))
-        self.role, self.width, self.side_width, self.eps = role, width, d, float(eps)
+        d = config.side_width_for(width, 'UniPTMDETR')
+        self.role, self.width, self.side_width, self.eps = config.role, width, d, float(config.eps)
         self.feature_indices = indices
-        self.tuner_cfg = dict(type='UniPTMDETR', role=role, side_width=side_width, reduction=reduction,
-                              feature_indices=copy.deepcopy(indices), eps=eps, norm_eps=norm_eps)
+        norm_eps = config.norm_eps
 
         self.anchor_down = down_projection(width, d, norm_eps)
         self.downsamples = nn.ModuleList(down_projection(width, d, norm_eps) for _ in indices)
         # Proj's inner width is 256 in the authors' MDETR, i.e. the stack width D (= 2d there)
         self.projection = _projection(d, width, norm_eps)
         self.gate = nn.Linear(d, 1)                   # shared across j, as in UniPT's confidence aggregation
-        if role == 'decoder':
+        if self.role == 'decoder':
             self.crossers = nn.ModuleList(
                 nn.Sequential(nn.Linear(d, d), nn.LayerNorm(d, eps=norm_eps)) for _ in indices)
             self.upsample = nn.Sequential(nn.ReLU(), nn.Linear(d, width), nn.LayerNorm(width, eps=norm_eps))
@@ -138,6 +158,10 @@ class UniPTMDETR(FrozenStackTuner):
     def extra_repr(self) -> str:
         return (f'role={self.role!r}, width={self.width}, side_width={self.side_width}, '
                 f'feature_indices={self.feature_indices}, eps={self.eps}')
+
+    @property
+    def makes_aux(self) -> bool:
+        return self.role == 'decoder'
 
     # ------------------------------------------------------------------ pieces
     def _valid(self, mask: Tensor | None, batch: int, tokens: int) -> Tensor | None:
@@ -181,7 +205,7 @@ class UniPTMDETR(FrozenStackTuner):
                 if return_intermediates:
                     intermediates.append(hidden)
             # the encoder's output stage is the identity; the decoder's is its final LayerNorm, which UniPT
-            # applies to the last output only (the intermediate outputs stay un-normed, METHOD.md §3.2)
+            # applies to the last output only (the intermediate outputs stay un-normed, as in the authors' code)
             final = stack.finalize(hidden, context)
         return feats, final, context, intermediates
 
@@ -223,4 +247,4 @@ class UniPTMDETR(FrozenStackTuner):
                            aux=list(hs[:-1]))
 
 
-__all__ = ['UniPTMDETR']
+__all__ = ['UniPTMDETR', 'UniPTMDETROptions']

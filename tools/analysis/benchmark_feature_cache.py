@@ -5,7 +5,7 @@
         [--out work_dirs/bench_cache] [--cfg-options k=v ...]
 
 Two ``tools/train.py`` runs of CONFIG, each in its own process, with the same
-seed, data order and epochs: one without ``EarlyRouteCacheHook``, one with it
+seed, data order and epochs: one without ``FrozenFeatureCacheHook``, one with it
 (``--stacks`` limits it to some stacks; default: every frozen stack and SHERL
 early route). The config's training pipeline must be deterministic (the hook
 refuses random transforms). Reported, as a markdown table and
@@ -33,11 +33,11 @@ REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 
 def derived_config(config: str, work_dir: str, hook: dict | None) -> str:
-    """CONFIG with its own EarlyRouteCacheHook removed and ``hook`` added to
+    """CONFIG with its own feature cache hook (under either name) removed and ``hook`` added to
     ``custom_hooks`` (the other custom hooks, e.g. EMA, stay)."""
     from mmengine.config import Config
     hooks = [dict(h) for h in Config.fromfile(config).get('custom_hooks', []) or []
-             if h.get('type') != 'EarlyRouteCacheHook']
+             if h.get('type') not in ('FrozenFeatureCacheHook', 'EarlyRouteCacheHook')]
     path = osp.join(work_dir, 'benchmark_config.py')
     os.makedirs(work_dir, exist_ok=True)
     with open(path, 'w') as f:
@@ -88,7 +88,7 @@ def main(argv=None) -> None:
         parser.error('--epochs must be >= 2: epoch 1 builds the cache')
     # log every iteration so that the per-epoch sums cover all of them
     options = ['default_hooks.logger.interval=1', *args.cfg_options]
-    hook = dict(type='EarlyRouteCacheHook')
+    hook = dict(type='FrozenFeatureCacheHook')
     if args.stacks:
         hook['stacks'] = args.stacks.split(',')
     out = osp.abspath(args.out)

@@ -8,7 +8,7 @@
 # train_pipeline augments (random shorter side; no flip, no crop: a crop could cut away the emoji an
 # expression relates to; RandomSizeCrop is in refcoco.py). test_pipeline fits every image into
 # demo_size x demo_size and pads it there: fixed shapes and no randomness, which is also what the
-# demo trains with, so that EarlyRouteCacheHook can cache the frozen routes. Metric keys:
+# demo trains with, so that FrozenFeatureCacheHook can cache the frozen routes. Metric keys:
 # refexp_giou0.5/demo_target_{val,testA,testB}_P@{1,5,10} and refexp_giou0.5/P@k.
 dataset_type = 'RefCOCODataset'
 data_root = 'data/demo_grounding/target/'

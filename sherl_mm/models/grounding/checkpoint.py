@@ -181,7 +181,7 @@ def convert_mdetr_state_dict(state_dict: Mapping[str, Tensor], model: nn.Module 
 def _injected_prefixes(model: nn.Module) -> tuple[str, ...]:
     # modules a tuner attached inside a stack (LoRA's ``.lora``, adapters)
     try:
-        from sherl_mm.tuners._common import InjectedModule
+        from sherl_mm.tuners.injection import InjectedModule
     except ImportError:  # pragma: no cover
         return ()
     return tuple(f'{name}.' for name, m in model.named_modules() if isinstance(m, InjectedModule))

@@ -17,8 +17,8 @@ The four stacks (``image``, ``text``, ``encoder``, ``decoder``) go through
 decoder layer only (``late_context``), the early decoder layers attend to the
 frozen encoder output (``StackOutput.frozen``), the contrastive-align head
 reads the frozen encoder's text tokens, and the single auxiliary output is the
-decoder's MTSA output (``StackOutput.side``). A decoder tuner that makes its
-own auxiliary head inputs returns them as ``StackOutput.aux``; UniPT's MDETR
+decoder's MTSA output. A decoder tuner that makes its own auxiliary head
+inputs returns them as ``StackOutput.aux`` (SHERL: its MTSA output); UniPT's MDETR
 form (``docs/method.md``) does so (three up-projected side states), and its decoder
 side reads the encoder side memory from the same ``late_context['memory']``.
 On plain routes the auxiliary outputs are the decoder-norm'd intermediate layer
@@ -42,7 +42,6 @@ from torch import Tensor, nn
 
 from sherl_mm.backbones.base import StackOutput
 from sherl_mm.registry import BACKBONES, MODELS, TUNERS
-from sherl_mm.tuners.sherl import SHERL
 from sherl_mm.utils.modules import eval_mode
 
 from .head import MDETRHead
@@ -304,22 +303,20 @@ class MDETRGrounding(BaseDetector):
         frozen_memory = enc.frozen if enc.frozen is not None else enc.hidden
         text_memory = frozen_memory[:, -num_text:]
 
-        # SHERL: one auxiliary output, the un-normed MTSA output; otherwise the intermediate layers
-        sherl_decoder = isinstance(self.stacks['decoder'], SHERL)
+        # auxiliary head inputs: those the tuned route makes itself (SHERL: its MTSA output), else the
+        # decoder-norm'd intermediate layer outputs
+        decoder = self.stacks['decoder']
         aux = self.aux_loss and self.training
-        dec: StackOutput = self.stacks['decoder'](
+        dec: StackOutput = decoder(
             self.query_embed.weight, frozen_memory, src_pos, src_mask,
-            late_context=dict(memory=enc.hidden), return_intermediates=aux and not sherl_decoder)
+            late_context=dict(memory=enc.hidden), return_intermediates=aux and not decoder.makes_aux)
 
         hidden_states = []
         if aux:
-            if dec.aux is not None:        # the tuned route made its own auxiliary head inputs
+            if dec.aux is not None:
                 hidden_states.extend(dec.aux)
-            elif sherl_decoder:
-                hidden_states.append(dec.side)
             elif dec.intermediates:
-                decoder_stack = self.stacks['decoder'].stack
-                hidden_states.extend(decoder_stack.finalize(h, {}) for h in dec.intermediates[:-1])
+                hidden_states.extend(decoder.stack.finalize(h, {}) for h in dec.intermediates[:-1])
         hidden_states.append(dec.hidden)
         outputs = [self.head(h, text_memory) for h in hidden_states]
         return dict(outputs=outputs, tokenized=tokenized, encoder=enc, decoder=dec)

@@ -1,11 +1,4 @@
-"""On-disk cache of a model's frozen routes, keyed by sample (beyond the paper).
-
-A frozen stack (an image backbone, a text encoder) and SHERL's early route
-(input stage and frozen early layers, under ``torch.no_grad``) compute the
-same outputs every epoch when the data pipeline is deterministic (no random
-augmentation) and the frozen layers run in eval mode (no dropout). The cache
-stores them on the first epoch and serves them afterwards, so later epochs
-run only the trainable part (for SHERL: MTSA, the late layers and the head).
+"""On-disk store of a frozen route's outputs, keyed by sample (beyond the paper).
 
 Layout of a cache directory::
 
@@ -19,32 +12,25 @@ disk that the manifest does not list was written after the last commit (an
 interrupted run) and is removed when the cache is opened. A directory with
 shard files but no manifest is an interrupted first build and is refused.
 
-The fingerprint hashes the frozen tensors the route reads, the route itself
-(for SHERL: insertion points and selected sets), a string naming the data
-pipeline (the hook hashes the training dataset's config) and a digest of the
-frozen weights computed before the route; a cache whose fingerprint differs
-is refused with an error naming what differs, or its files are removed and
-it is rebuilt with ``rebuild_stale=True``.
-
-:class:`FeatureCacheMixin` is what a tuner needs to serve a frozen route
-from such a cache; :class:`~sherl_mm.tuners.BaseTuner` mixes it in, and the
-tuners whose route has a frozen part say which (``cache_route``): a frozen
-stack its whole output, SHERL its early route.
+A cache whose fingerprint (:mod:`~sherl_mm.feature_cache.fingerprint`)
+differs from the model's is refused with an error naming what differs, or
+its files are removed and it is rebuilt with ``rebuild_stale=True``.
+See docs/feature_cache.md.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import os.path as osp
 import warnings
-from contextlib import contextmanager
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from torch import Tensor, nn
+from torch import Tensor
+
+from .fingerprint import describe_difference, json_digest
 
 FORMAT = 1
 MANIFEST = 'manifest.json'
@@ -55,64 +41,20 @@ SHARED = 'shared/'
 STATIC_TYPES = (type(None), bool, int, float, str)
 
 
-def tensor_digest(tensor: Tensor) -> str:
-    """blake2b of a tensor's dtype, shape and raw bytes (any dtype, any device)."""
-    data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
-    h = hashlib.blake2b(digest_size=16)
-    h.update(f'{tensor.dtype}{tuple(tensor.shape)}'.encode())
-    h.update(data.tobytes())
-    return h.hexdigest()
-
-
-def weight_digests(module: nn.Module, exclude: Iterable[nn.Module] = ()) -> dict[str, str]:
-    """``{name: digest}`` of every parameter and buffer of ``module`` except
-    those owned by a module of ``exclude`` (compared by identity, so that a
-    stack whose ``layers`` is a view of a wrapped model excludes them too)."""
-    skip = {id(t) for m in exclude for t in list(m.parameters()) + list(m.buffers())}
-    tensors = dict(module.named_parameters())
-    tensors.update(module.named_buffers())
-    return {name: tensor_digest(t) for name, t in sorted(tensors.items()) if id(t) not in skip}
-
-
-def fingerprint_of(parts: Mapping[str, Any]) -> str:
-    return hashlib.blake2b(json.dumps(parts, sort_keys=True).encode(), digest_size=16).hexdigest()
-
-
-def _describe_difference(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
-    """One line per fingerprint part that differs between two manifests' parts."""
-    lines = []
-    if old.get('pipeline') != new.get('pipeline'):
-        lines.append(f"pipeline fingerprint: cache {old.get('pipeline')!r}, now {new.get('pipeline')!r}")
-    if old.get('route') != new.get('route'):
-        lines.append(f"SHERL route: cache {old.get('route')}, now {new.get('route')}")
-    old_w, new_w = old.get('weights', {}), new.get('weights', {})
-    if old_w != new_w:
-        changed = sorted(k for k in set(old_w) & set(new_w) if old_w[k] != new_w[k])
-        missing, extra = sorted(set(old_w) - set(new_w)), sorted(set(new_w) - set(old_w))
-        detail = [f'{len(changed)} tensor(s) with other values (e.g. {changed[:3]})'] if changed else []
-        detail += [f'tensors only in the cache: {missing[:3]}'] if missing else []
-        detail += [f'tensors only in this model: {extra[:3]}'] if extra else []
-        lines.append('frozen early-route weights: ' + '; '.join(detail))
-    if old.get('upstream') != new.get('upstream'):
-        lines.append('frozen weights computed before this stack (projections, other stacks) differ')
-    if old.get('format') != new.get('format'):
-        lines.append(f"cache format: cache {old.get('format')}, now {new.get('format')}")
-    return '\n  '.join(lines) or 'fingerprint parts are equal but the fingerprint differs'
-
-
-class EarlyRouteCache:
-    """Per-sample store of the early route's outputs.
+class FeatureCache:
+    """Per-sample store of the outputs of a frozen route.
 
     Args:
         directory: the cache directory (created if missing). Use one
-            directory per SHERL stack and per process.
-        parts: what the fingerprint is made of: ``weights`` ({name: digest}),
-            ``route`` (JSON-able) and ``pipeline`` (str); see
-            :meth:`SHERL.feature_cache_parts`.
+            directory per cached stack and per process.
+        parts: what the fingerprint is made of (see
+            :mod:`~sherl_mm.feature_cache.fingerprint`): ``weights``
+            ({name: digest}), ``route`` (JSON-able), ``upstream`` (str) and
+            ``pipeline`` (str).
         rebuild_stale: delete a cache whose fingerprint differs, or an
             interrupted first build, and start a new one instead of raising.
 
-    A batch is written as ``features`` (selected early states, each
+    A batch is written as ``features`` (the route's stored states, each
     ``(B, ...)``) and ``context`` (the stack's context dict). Context tensors
     whose first dimension is the batch size are stored per sample; other
     tensors are stored once and must be equal in every batch; ``None`` /
@@ -123,7 +65,7 @@ class EarlyRouteCache:
     def __init__(self, directory: str, parts: Mapping[str, Any], rebuild_stale: bool = False) -> None:
         self.directory = osp.abspath(directory)
         self.parts = dict(parts, format=FORMAT)
-        self.fingerprint = fingerprint_of(self.parts)
+        self.fingerprint = json_digest(self.parts)
         # entry name -> {'kind': 'sample' | 'shared' | 'static', 'value': ... (static only)}
         self.entries: dict[str, dict] = {}
         self.shards: dict[str, list[str]] = {}
@@ -155,7 +97,7 @@ class EarlyRouteCache:
             if not rebuild_stale:
                 raise RuntimeError(
                     f'feature cache {self.directory} was built for another model or data pipeline:\n  '
-                    f"{_describe_difference(manifest.get('parts', {}), self.parts)}\nDelete the directory, "
+                    f"{describe_difference(manifest.get('parts', {}), self.parts)}\nDelete the directory, "
                     f'point feature_cache.dir elsewhere, or pass rebuild_stale=True to rebuild it')
             self._clear()
             return
@@ -314,97 +256,4 @@ class EarlyRouteCache:
         self.dirty = False
 
 
-class FeatureCacheMixin:
-    """Serve a tuner's frozen route from an :class:`EarlyRouteCache`.
-
-    A tuner with ``cache_route`` set implements :meth:`_route_fingerprint`
-    and calls :meth:`_cached_route` for the calls that carry sample keys
-    (``sample_keys=`` in the call, or :attr:`sample_keys`, which
-    :class:`~sherl_mm.hooks.EarlyRouteCacheHook` sets around each training
-    iteration). Without keys, or before :meth:`enable_feature_cache`, the
-    route runs as usual.
-    """
-
-    cache_route: str | None = None
-    feature_cache: EarlyRouteCache | None = None
-    sample_keys: list[str] | None = None
-
-    def _route_fingerprint(self) -> tuple[dict[str, str], dict]:
-        """``(weight digests, route)``: the frozen tensors the cached route
-        reads and what decides which states are stored."""
-        raise NotImplementedError
-
-    def enable_feature_cache(self, directory: str, pipeline: str, upstream: str = '',
-                             rebuild_stale: bool = False) -> EarlyRouteCache:
-        """Open (or create) the cache of this tuner's frozen route.
-
-        Args:
-            directory: one directory per tuner and per process.
-            pipeline: names the data pipeline that feeds the model (the hook
-                hashes the training dataset's config); another value refuses
-                the cache.
-            upstream: digest of the frozen weights computed before this tuner
-                (e.g. the projections feeding a transformer stack), so that
-                changing them also refuses the cache.
-            rebuild_stale: rebuild a cache with another fingerprint instead of
-                raising.
-        """
-        if self.cache_route is None:
-            raise ValueError(f'{type(self).__name__}: its route has no frozen part to cache (cache_route is None); '
-                             f'the feature cache applies to frozen stacks and to SHERL\'s early route')
-        if not isinstance(pipeline, str) or not pipeline:
-            raise ValueError(f'{type(self).__name__}: enable_feature_cache needs a non-empty pipeline string naming '
-                             f'the data pipeline (dataset, split, transforms); the cache is refused when it changes')
-        weights, route = self._route_fingerprint()
-        self.close_feature_cache()
-        self.feature_cache = EarlyRouteCache(directory, dict(weights=weights, route=route, pipeline=pipeline,
-                                                             upstream=upstream), rebuild_stale=rebuild_stale)
-        return self.feature_cache
-
-    def close_feature_cache(self) -> None:
-        if self.feature_cache is not None:
-            self.feature_cache.close()
-        self.feature_cache = None
-        self.sample_keys = None
-
-    def _cache_keys(self, sample_keys: Sequence[Any] | None) -> list[str] | None:
-        """The string keys of this call, or ``None`` when the cache is not used."""
-        keys = sample_keys if sample_keys is not None else self.sample_keys
-        if keys is None:
-            return None
-        if self.feature_cache is None:
-            raise ValueError(f'{type(self).__name__}: sample keys were given but the feature cache is not enabled; '
-                             f'call enable_feature_cache(...) or add EarlyRouteCacheHook to custom_hooks')
-        return [str(k.item() if isinstance(k, Tensor) else k) for k in keys]
-
-    @contextmanager
-    def _frozen_eval(self, module: nn.Module) -> Iterator[None]:
-        """Eval mode (no dropout) for the route that is written to the cache,
-        so that it equals what a later epoch reads; every module's mode is
-        restored after."""
-        modes = [(m, m.training) for m in module.modules()]
-        module.eval()
-        try:
-            yield
-        finally:
-            for m, mode in modes:
-                m.training = mode
-
-    def _cached_route(self, keys: list[str], inputs: Sequence[Any], compute: Callable[[], tuple[dict, dict]],
-                      module: nn.Module, device: torch.device) -> tuple[dict[str, Tensor], dict]:
-        """``(features, context)`` of the samples ``keys``: read when all are
-        cached, else ``compute()`` (``module`` in eval mode, no graph) and written."""
-        cache = self.feature_cache
-        if cache.has_all(keys):
-            return cache.load(keys, device)
-        if any(isinstance(t, Tensor) and t.requires_grad for t in inputs):
-            raise ValueError(f'{type(self).__name__}: an input of the stack requires grad, so its frozen route '
-                             f'depends on trainable parameters and cannot be cached; leave this stack out of the '
-                             f'feature cache')
-        with self._frozen_eval(module), torch.no_grad():
-            features, context = compute()
-        cache.write(keys, features, context)
-        return features, context
-
-
-__all__ = ['EarlyRouteCache', 'FeatureCacheMixin', 'fingerprint_of', 'tensor_digest', 'weight_digests']
+__all__ = ['FORMAT', 'FeatureCache', 'MANIFEST']

@@ -1,6 +1,4 @@
-"""Shared pieces of the PETL baseline tuners (LoRA, Adapter, BitFit, prompt
-tuning, linear probing): PEFT-style target matching, the frozen-stack base
-class, and the forward-hook plumbing that injected modules use.
+"""Attaching trainable modules to a frozen network, PEFT-style.
 
 Injected modules (LoRA deltas, adapters) are attached as a *child* of the
 module they modify (``<target>.lora``, ``<target>.adapter``) and act through
@@ -9,17 +7,20 @@ so a checkpoint of the frozen network (mmengine ``init_cfg=dict(type=
 'Pretrained')``, ``load_state_dict``) still loads into a tuned model, and
 ``nn.TransformerEncoderLayer``'s inference fast path, which would skip the
 sub-modules' forwards, turns itself off when hooks are attached.
+
+Targets are found by :func:`match_modules` from ``target_modules`` as users
+write it (see :data:`Targets`). This module depends on torch only; a stack is
+used through its ``layers``, ``check_layer_index`` and ``named_modules``.
 """
 from __future__ import annotations
 
 import re
-from typing import Callable, Iterable, Sequence, Union
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence, Union
 
 from torch import nn
 
-from sherl_mm.backbones.base import BackboneStack
-
-from .base import BaseTuner
+if TYPE_CHECKING:
+    from sherl_mm.backbones.base import BackboneStack
 
 #: ``target_modules`` as users write it: a regex (``re.fullmatch`` on the
 #: module name, as PEFT does for a string), a list of names or dotted name
@@ -65,16 +66,26 @@ def injected_module_ids(root: nn.Module) -> set[int]:
     return ids
 
 
+def targets_problem(targets: object) -> str | None:
+    """Why ``targets`` is not a valid :data:`Targets` value, or None when it is."""
+    if callable(targets) or isinstance(targets, str):
+        return None
+    if isinstance(targets, (list, tuple)) and targets and all(isinstance(t, str) for t in targets):
+        return None
+    return ('a regex string, a non-empty list of module names or name suffixes, or a callable '
+            '(name, module) -> bool')
+
+
 def _matcher(targets: Targets) -> Callable[[str, nn.Module], bool]:
+    problem = targets_problem(targets)
+    if problem:
+        raise TypeError(f'target_modules must be {problem}; got {targets!r}')
     if callable(targets):
         return targets
     if isinstance(targets, str):
         pattern = re.compile(targets)
         return lambda name, module: pattern.fullmatch(name) is not None
     names = list(targets)
-    if not names or not all(isinstance(t, str) for t in names):
-        raise TypeError(f'target_modules must be a regex string, a non-empty list of module names or name '
-                        f'suffixes, or a callable (name, module) -> bool; got {targets!r}')
     return lambda name, module: any(name == t or name.endswith('.' + t) for t in names)
 
 
@@ -110,7 +121,7 @@ def describe_modules(root: nn.Module, prefix: str = '', kinds: tuple[type, ...] 
             f'name suffixes available: {leaves[:24]}{" ..." if len(leaves) > 24 else ""}')
 
 
-def layer_roots(stack: BackboneStack, layers: Iterable[int] | None, option: str = 'layers'
+def layer_roots(stack: BackboneStack, layers: Iterable[int] | int | None, option: str = 'layers'
                 ) -> list[tuple[nn.Module, str]]:
     """``[(module, prefix)]`` to search for targets: the whole stack when
     ``layers`` is None, else the listed ``stack.layers[i]``, each under its
@@ -128,45 +139,19 @@ def layer_roots(stack: BackboneStack, layers: Iterable[int] | None, option: str 
     return [(stack.layers[i], names.get(id(stack.layers[i]), f'layers.{i}')) for i in indices]
 
 
-def set_norm_eval(module: nn.Module) -> None:
-    """Put every normalisation layer with running statistics (BatchNorm,
-    SyncBN, InstanceNorm with ``track_running_stats``) in eval mode, so that a
-    frozen network's statistics do not drift while the tuner trains (they are
-    buffers, which the tuner's weight file does not hold)."""
-    for m in module.modules():
-        if getattr(m, 'running_mean', None) is not None and getattr(m, 'track_running_stats', True):
-            m.eval()
+def inject_into_layers(stack: BackboneStack, layers: Iterable[int] | int | None,
+                       inject: Callable[[nn.Module, str], list[str]], option: str = 'layers'
+                       ) -> tuple[list[str], list[tuple[nn.Module, str]]]:
+    """Run ``inject(root, prefix)`` (non-strict: it returns the names it
+    adapted, maybe none) on every root of :func:`layer_roots`; returns
+    ``(adapted names, roots)`` so that the caller can describe the roots
+    when nothing matched."""
+    roots = layer_roots(stack, layers, option)
+    names: list[str] = []
+    for root, prefix in roots:
+        names += inject(root, prefix)
+    return names, roots
 
 
-class FrozenStackTuner(BaseTuner):
-    """:class:`BaseTuner` whose frozen stack keeps its normalisation statistics.
-
-    Args:
-        stack: the backbone stack or its BACKBONES config.
-        norm_eval: keep BatchNorm-like layers of the stack in eval mode in
-            training (their running statistics are frozen weights too).
-    """
-
-    def __init__(self, stack: BackboneStack | dict, norm_eval: bool = True, init_cfg: dict | None = None) -> None:
-        super().__init__(stack, init_cfg=init_cfg)
-        self.norm_eval = norm_eval
-
-    def train(self, mode: bool = True) -> 'FrozenStackTuner':
-        super().train(mode)
-        if mode and self.norm_eval:
-            set_norm_eval(self.stack)
-        return self
-
-
-__all__ = ['FrozenStackTuner', 'InjectedModule', 'Targets', 'describe_modules', 'injected_module_ids',
-           'layer_roots', 'match_modules', 'remove_hooks', 'set_norm_eval']
-
-
-def check_output_width(tuner: str, out_channels: int | None, width: int, finalize_output: bool) -> int:
-    """The side output's width: ``out_channels`` or the last layer's ``width``.
-    The stack's output stage expects ``width``, so another width is refused
-    unless the output stage is skipped."""
-    if out_channels is not None and out_channels != width and finalize_output:
-        raise ValueError(f"{tuner}: out_channels={out_channels} differs from the stack's last layer width {width}, "
-                         f'which its output stage expects; set finalize_output=False to return the side output')
-    return out_channels or width
+__all__ = ['InjectedModule', 'Targets', 'describe_modules', 'inject_into_layers', 'injected_module_ids',
+           'layer_roots', 'match_modules', 'remove_hooks', 'targets_problem']
