@@ -10,11 +10,7 @@ from mmengine.hooks import CheckpointHook
 
 from sherl_mm.registry import HOOKS
 
-<<<<<<<< HEAD:sherl_mm/engine/hooks/checkpoint_hook.py
 from ..checkpoint import ATOMIC_BACKEND, atomic_write_text, is_local_path
-========
-from ..checkpoint import atomic_write_text
->>>>>>>> i13-tuners:sherl_mm/engine/hooks/checkpoint.py
 
 __all__ = ['AtomicCheckpointHook', 'get_rng_state', 'set_rng_state']
 
